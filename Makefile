@@ -1,0 +1,45 @@
+# Conveyor: every set-up and test command a user or CI needs.
+# `make up` brings the whole stack up; `make test` runs every test, Docker ones included.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+BIN         := $(VENV)/bin
+UV_GROUPS   := --group dev --group pipelines --group serving
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup pipeline test test-fast lint engine base-images images image-report bench
+
+help: ## list the commands
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.synced ## create the host virtualenv from uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock
+	@bash scripts/ensure-uv.sh
+	uv sync --frozen $(UV_GROUPS)
+	@touch $@
+
+pipeline: setup ## run the ML pipeline on this machine (dvc repro), no Docker needed
+	dvc repro
+
+lint: setup ## ruff over the code, hadolint over every Dockerfile
+	ruff check .
+	hadolint $$(git ls-files '*Dockerfile*')
+
+test: setup engine ## every test: unit, integration, docker and e2e
+	pytest
+
+test-fast: setup ## the tests that need no Docker engine
+	pytest -m "not docker and not e2e"
+
+engine: ## make sure a Docker engine runs (installs Debian's docker.io as root if none)
+	@bash scripts/ensure-docker.sh
+
+base-images: engine ## pull the base images, or build local stand-ins where no registry answers
+	@bash scripts/base-images.sh
+
+images: setup base-images ## build every project image
+	@bash scripts/build-images.sh
+
+image-report: ## size, layers, user, healthcheck and labels of every project image
+	@$(BIN)/python scripts/image_report.py
