@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Build every project image (or the ones named: `scripts/build-images.sh train`) from the
+# repository root as context, with BuildKit where the client has it, else the classic builder.
+# Each image gets an immutable content tag (hash of its Dockerfile, the files it COPYs and the
+# base images it is built on) and OCI labels; an image whose tag exists is not rebuilt
+# (FORCE_BUILD=1 rebuilds). Base image names come from .build/base-images.env (make base-images).
+# EXTRA_CA_CERTS=/path/bundle.pem is copied to .build/ca/extra-ca.pem for the builder stages.
+# Writes the resolved names to .build/images.env (TRAIN_IMAGE=..., SERVING_IMAGE=..., ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DOCKER="${DOCKER:-/usr/bin/docker}"
+UV_VERSION="${UV_VERSION:-0.13.9}"   # the uv every image installs (ARG UV_VERSION)
+SOURCE_URL="${SOURCE_URL:-https://github.com/conveyor/conveyor}"
+
+# name | Dockerfile | env var in .build/images.env   (context: the repository root)
+IMAGES=(
+  "train|pipelines/Dockerfile|TRAIN_IMAGE"
+  "serving|serving/Dockerfile|SERVING_IMAGE"
+  "airflow|airflow/Dockerfile|AIRFLOW_IMAGE"
+  "mlflow|docker/mlflow/Dockerfile|MLFLOW_IMAGE"
+  "s3|docker/s3/Dockerfile|S3_IMAGE"
+  "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE"
+  "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE"
+)
+
+say() { echo "build-images: $*" >&2; }
+
+# BuildKit only where the client can drive it (Debian's 20.10 client can; a client without
+# buildx or BuildKit support falls back to the classic builder).
+if [ -z "${DOCKER_BUILDKIT:-}" ]; then
+  if DOCKER_BUILDKIT=1 "$DOCKER" build --help 2>/dev/null | grep -q -- '--secret'; then
+    export DOCKER_BUILDKIT=1
+  else
+    export DOCKER_BUILDKIT=0
+  fi
+fi
+
+[ -s .build/base-images.env ] || bash scripts/base-images.sh
+# shellcheck disable=SC1091
+. .build/base-images.env
+
+# Extra CA certificates, for the builder stages only (never committed: .build/ is ignored).
+mkdir -p .build/ca && touch .build/ca/.keep
+if [ -n "${EXTRA_CA_CERTS:-}" ]; then
+  [ -r "$EXTRA_CA_CERTS" ] || { say "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"; exit 1; }
+  cmp -s "$EXTRA_CA_CERTS" .build/ca/extra-ca.pem 2>/dev/null || cp "$EXTRA_CA_CERTS" .build/ca/extra-ca.pem
+else
+  rm -f .build/ca/extra-ca.pem
+fi
+
+# Source paths of the COPY/ADD instructions that read the build context (not --from=).
+copy_sources() {
+  awk 'toupper($1) == "COPY" || toupper($1) == "ADD" {
+         from = 0; n = 0
+         for (i = 2; i <= NF; i++) { if ($i ~ /^--from=/) from = 1; else if ($i !~ /^--/) a[++n] = $i }
+         if (!from) for (i = 1; i < n; i++) print a[i]
+       }' "$1"
+}
+
+# Content tag: Dockerfile + the context files it copies (tracked or new, not ignored, never the
+# CA) + the base images' IDs + the uv pin.
+content_tag() {
+  local dockerfile=$1 paths
+  mapfile -t paths < <(copy_sources "$dockerfile" | grep -v '^\.build/' | sed 's#/$##')
+  {
+    sha256sum "$dockerfile"
+    if [ "${#paths[@]}" -gt 0 ]; then
+      git ls-files -z -co --exclude-standard -- "${paths[@]}" | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    fi
+    for ref in "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$DEBIAN_IMAGE"; do
+      "$DOCKER" image inspect -f '{{.Id}}' "$ref" 2>/dev/null || echo "$ref"
+    done
+    echo "uv=$UV_VERSION"
+  } | sha256sum | cut -c1-12
+}
+
+# Base image a Dockerfile's final stage names by ARG (for the base.name label).
+final_base() {
+  local from; from=$(awk 'toupper($1) == "FROM" { f = $2 } END { print f }' "$1")
+  case "$from" in
+    *PYTHON_IMAGE*) echo "$PYTHON_IMAGE" ;;
+    *POSTGRES_IMAGE*) echo "$POSTGRES_IMAGE" ;;
+    *DEBIAN_IMAGE*) echo "$DEBIAN_IMAGE" ;;
+    *) echo "$from" ;;
+  esac
+}
+
+build_one() { # name dockerfile
+  local name=$1 dockerfile=$2 tag ref args=()
+  tag=$(content_tag "$dockerfile")
+  ref="conveyor/$name:$tag"
+  if [ "${FORCE_BUILD:-0}" != 1 ] && "$DOCKER" image inspect "$ref" >/dev/null 2>&1; then
+    say "$ref is up to date"; echo "$ref"; return
+  fi
+  # Build args only for the ARGs the Dockerfile declares (no "not consumed" warnings).
+  for var in PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION; do
+    grep -Eq "^ARG ${var}(=|$)" "$dockerfile" && args+=(--build-arg "$var=${!var}")
+  done
+  local revision; revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git status --porcelain 2>/dev/null)" ] || revision="$revision-dirty"
+  say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
+  local start=$SECONDS
+  "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
+    --label "org.opencontainers.image.title=conveyor-$name" \
+    --label "org.opencontainers.image.source=$SOURCE_URL" \
+    --label "org.opencontainers.image.revision=$revision" \
+    --label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label "org.opencontainers.image.version=$tag" \
+    --label "org.opencontainers.image.base.name=$(final_base "$dockerfile")" \
+    . >&2
+  say "built $ref in $((SECONDS - start))s"
+  echo "$ref"
+}
+
+wanted=("$@")
+[ -s .build/images.env ] && cp .build/images.env .build/images.env.old || : > .build/images.env.old
+: > .build/images.env.new
+for row in "${IMAGES[@]}"; do
+  IFS='|' read -r name dockerfile var <<<"$row"
+  if [ "${#wanted[@]}" -gt 0 ] && [[ ! " ${wanted[*]} " == *" $name "* ]]; then
+    # Not asked for: keep what an earlier run resolved.
+    grep "^$var=" .build/images.env.old >> .build/images.env.new || true
+    continue
+  fi
+  if [ ! -f "$dockerfile" ]; then say "skip $name: no $dockerfile yet"; continue; fi
+  echo "$var=$(build_one "$name" "$dockerfile")" >> .build/images.env.new
+done
+mv .build/images.env.new .build/images.env
+rm -f .build/images.env.old
+say "resolved -> .build/images.env:"
+sed 's/^/  /' .build/images.env >&2
