@@ -1,0 +1,222 @@
+"""Build the serving image with the registered model baked in (the DAG's `build_serving_image`).
+
+    python -m pipelines.build_serving_image [--workspace /workspace] [--base-image IMAGE]
+                                            [--repository conveyor/serving-model] [--image TAG]
+
+Reads `reports/registration.json` (model name, version, MLflow run id) and the model directory
+`models/model/` (its MLmodel `metadata` holds the data version and git commit) from the
+workspace, and builds `<repository>:<model name>-v<version>` FROM the serving image
+($SERVING_IMAGE) through the Docker API (docker-py, classic builder; DOCKER_HOST may point at a
+socket proxy). The tag is the model version, the labels carry the lineage. Idempotent: an image
+with that tag whose run-id label matches is reused, not rebuilt.
+
+`--image TAG` skips the build and hands an existing image on (rollback to an earlier model's
+image, or a hotfix image): it must exist locally.
+
+The last stdout line is one JSON object (DockerOperator XCom): image, image_id, model_name,
+model_version, run_id, reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.common import MODEL_DIR, REGISTRATION_FILE, PipelineError
+
+DEFAULT_REPOSITORY = "conveyor/serving-model"
+MODEL_TARGET = "/app/model"  # serving's default MODEL_DIR
+
+# Label keys: OCI ones where a standard exists, io.conveyor.* for the model lineage.
+LABEL_MODEL_NAME = "io.conveyor.model.name"
+LABEL_MODEL_VERSION = "io.conveyor.model.version"
+LABEL_RUN_ID = "io.conveyor.model.run_id"
+LABEL_DATA_VERSION = "io.conveyor.data.version"
+LABEL_GIT_COMMIT = "org.opencontainers.image.revision"
+LABEL_BASE_IMAGE = "org.opencontainers.image.base.name"
+
+DOCKERFILE = f"""\
+ARG SERVING_IMAGE
+FROM ${{SERVING_IMAGE}}
+ARG MODEL_NAME
+ARG MODEL_VERSION
+COPY model/ {MODEL_TARGET}/
+ENV MODEL_DIR={MODEL_TARGET} MODEL_NAME=${{MODEL_NAME}} MODEL_VERSION=${{MODEL_VERSION}}
+"""
+
+
+def docker_client():
+    """A docker-py client from DOCKER_HOST (the socket proxy in the stack)."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=int(os.environ.get("DOCKER_CLIENT_TIMEOUT", "300")))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise PipelineError(
+            f"Docker API not reachable at {os.environ.get('DOCKER_HOST', 'the default socket')}: "
+            f"{exc}"
+        ) from exc
+    return client
+
+
+def read_release(workspace: Path) -> dict[str, Any]:
+    """Model name, version, run id and lineage of the registered model in the workspace."""
+    reg_path = workspace / REGISTRATION_FILE
+    try:
+        registration = json.loads(reg_path.read_text())
+    except OSError as exc:
+        raise PipelineError(f"no registration report at {reg_path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"registration report {reg_path} is not JSON: {exc}") from exc
+    missing = [k for k in ("model_name", "version", "run_id") if not registration.get(k)]
+    if missing:
+        raise PipelineError(f"registration report {reg_path} lacks {', '.join(missing)}")
+    mlmodel = workspace / MODEL_DIR / "MLmodel"
+    try:
+        metadata = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}
+    except OSError as exc:
+        raise PipelineError(f"no model at {mlmodel.parent}: {exc.strerror}") from exc
+    return {
+        "model_name": str(registration["model_name"]),
+        "model_version": str(registration["version"]),
+        "run_id": str(registration["run_id"]),
+        "data_version": str(metadata.get("data_version") or registration.get("data_version") or ""),
+        "git_commit": str(metadata.get("git_commit") or registration.get("git_commit") or ""),
+    }
+
+
+def image_tag(repository: str, release: dict[str, Any]) -> str:
+    return f"{repository}:{release['model_name']}-v{release['model_version']}"
+
+
+def build_context(model_dir: Path) -> io.BytesIO:
+    """A tar build context: the Dockerfile and the model directory (world-readable files)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = DOCKERFILE.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+        def normalise(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = "root"
+            ti.mode = 0o755 if ti.isdir() else 0o644
+            return ti
+
+        tar.add(model_dir, arcname="model", filter=normalise)
+    buf.seek(0)
+    return buf
+
+
+def build(client, base_image: str, repository: str, workspace: Path) -> dict[str, Any]:
+    import docker
+
+    release = read_release(workspace)
+    tag = image_tag(repository, release)
+    try:
+        existing = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        existing = None
+    if existing is not None and existing.labels.get(LABEL_RUN_ID) == release["run_id"]:
+        print(f"build_serving_image: {tag} already holds run {release['run_id']}: reused",
+              file=sys.stderr)
+        return {**release, "image": tag, "image_id": existing.id, "reused": True}
+    try:
+        client.images.get(base_image)
+    except docker.errors.ImageNotFound:
+        msg = f"serving base image {base_image} is not present (run make images)"
+        raise PipelineError(msg) from None
+
+    labels = {
+        LABEL_MODEL_NAME: release["model_name"],
+        LABEL_MODEL_VERSION: release["model_version"],
+        LABEL_RUN_ID: release["run_id"],
+        LABEL_DATA_VERSION: release["data_version"],
+        LABEL_GIT_COMMIT: release["git_commit"],
+        LABEL_BASE_IMAGE: base_image,
+        "org.opencontainers.image.version": release["model_version"],
+    }
+    print(f"build_serving_image: building {tag} FROM {base_image}", file=sys.stderr)
+    image_id = None
+    stream = client.api.build(
+        fileobj=build_context(workspace / MODEL_DIR),
+        custom_context=True,
+        tag=tag,
+        buildargs={
+            "SERVING_IMAGE": base_image,
+            "MODEL_NAME": release["model_name"],
+            "MODEL_VERSION": release["model_version"],
+        },
+        labels=labels,
+        pull=False,
+        rm=True,
+        forcerm=True,
+        decode=True,
+    )
+    for chunk in stream:
+        if "error" in chunk:
+            raise PipelineError(f"image build failed: {chunk['error'].strip()}")
+        if chunk.get("stream", "").strip():
+            print(chunk["stream"].rstrip(), file=sys.stderr)
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+    image = client.images.get(tag)
+    return {**release, "image": tag, "image_id": image_id or image.id, "reused": False}
+
+
+def use_existing(client, tag: str) -> dict[str, Any]:
+    """Hand an explicitly chosen image on to deploy, with the lineage its labels carry."""
+    import docker
+
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        raise PipelineError(f"image {tag} does not exist on this engine") from None
+    labels = image.labels or {}
+    return {
+        "image": tag,
+        "image_id": image.id,
+        "model_name": labels.get(LABEL_MODEL_NAME, ""),
+        "model_version": labels.get(LABEL_MODEL_VERSION, ""),
+        "run_id": labels.get(LABEL_RUN_ID, ""),
+        "data_version": labels.get(LABEL_DATA_VERSION, ""),
+        "git_commit": labels.get(LABEL_GIT_COMMIT, ""),
+        "reused": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.build_serving_image",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=".", type=Path)
+    parser.add_argument("--base-image", default=os.environ.get("SERVING_IMAGE", ""))
+    parser.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    parser.add_argument("--image", default="", help="use this existing image, build nothing")
+    args = parser.parse_args(argv)
+    try:
+        client = docker_client()
+        if args.image:
+            summary = use_existing(client, args.image)
+        else:
+            if not args.base_image:
+                raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
+            summary = build(client, args.base_image, args.repository, args.workspace.resolve())
+    except PipelineError as exc:
+        print(f"build_serving_image: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""A stand-in prediction server for the deploy tests: the serving API's shape, no model.
+
+GET /health, /ready (503 while READY=0), /metadata; POST /predict and /invocations answer with
+MODEL_VERSION. SIGTERM closes the listener and finishes the requests in flight.
+"""
+
+import json
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VERSION = os.environ.get("MODEL_VERSION", "0")
+READY = os.environ.get("READY", "1") != "0"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        elif self.path == "/ready":
+            self._send(200 if READY else 503, {"ready": READY})
+        elif self.path == "/metadata":
+            self._send(200, {"model_name": "fake", "model_version": VERSION})
+        else:
+            self._send(404, {"detail": "not found"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self.path in ("/predict", "/invocations"):
+            self._send(200, {"model_version": VERSION, "predictions": [0]})
+        else:
+            self._send(404, {"detail": "not found"})
+
+
+server = ThreadingHTTPServer(("0.0.0.0", 8000), Handler)
+server.daemon_threads = False
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+server.server_close()
