@@ -1,0 +1,1 @@
+"""Conveyor prediction server: FastAPI in front of the champion MLflow sklearn model."""

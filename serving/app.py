@@ -1,0 +1,379 @@
+"""The FastAPI application: /predict, /invocations, /health, /ready, /metadata, /metrics, docs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pydantic_core
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from serving.metrics import Metrics
+from serving.model import LoadedModel
+from serving.schema import RequestError, RequestSchema
+from serving.settings import Settings
+
+log = logging.getLogger("serving.app")
+
+ENDPOINTS = {"/predict", "/invocations", "/health", "/ready", "/metadata", "/metrics"}
+ENDPOINTS |= {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+JSON = "application/json"
+
+
+@dataclass
+class ServingState:
+    model: LoadedModel | None = None
+    error: str | None = None  # why there is no model
+    draining: bool = False  # SIGTERM received: not ready, finishing in-flight requests
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(exc: RequestError) -> Response:
+    body: dict[str, Any] = {"detail": exc.message}
+    if exc.errors:
+        body["errors"] = exc.errors
+    return _json(body, exc.status)
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Body is not JSON",
+        413: "Body or batch too large",
+        415: "Content-Type is not application/json",
+        422: "Invalid record: the message names the record index and the field",
+        503: "No model loaded (see /ready for the reason)",
+    }
+    return {
+        c: {
+            "description": text[c],
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "record": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                    "field": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI:
+    state = state or ServingState(error="no model loaded")
+    model = state.model
+    schema = RequestSchema(model.features, settings.max_batch_size) if model else None
+    metrics = Metrics(ENDPOINTS)
+    if model is not None:
+        metrics.model_info.labels(
+            model.name, model.version, model.run_id or "", model.predictor_kind
+        ).set(1)
+        class_keys = [str(c) for c in model.classes]
+    limit = settings.max_body_bytes
+
+    app = FastAPI(
+        title="Conveyor prediction server",
+        version=model.version if model else "no-model",
+        description=(
+            f"Serves model '{model.name}' version {model.version}."
+            if model
+            else f"No model loaded: {state.error}"
+        ),
+    )
+    app.state.serving = state
+    app.state.metrics = metrics
+
+    # -- error handlers: a client mistake is a 4xx with a one-line reason, never a 500 -----
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> Response:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {
+                "record": None,
+                "field": ".".join(str(p) for p in e.get("loc", ())[1:]) or None,
+                "type": e.get("type", "invalid"),
+                "message": e.get("msg", "invalid"),
+            }
+            for e in exc.errors()
+        ]  # never the input itself: it may be a NaN that no JSON encoder accepts
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        return _json(
+            {"detail": f"{first['field'] or 'request'}: {first['message']}", "errors": errors}, 422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _json({"detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
+
+    async def read_json_body(request: Request) -> bytes:
+        ctype = request.headers.get("content-type")
+        if ctype is not None:
+            base = ctype.split(";", 1)[0].strip().lower()
+            if base != JSON and not base.endswith("+json"):
+                raise RequestError(415, f"Content-Type {base or 'empty'!r} is not {JSON}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body of {declared} bytes is over the limit of {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise RequestError(400, "client disconnected before sending the body") from None
+        if not size:
+            raise RequestError(400, "empty body: expected JSON")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def no_model() -> Response:
+        return _json({"detail": f"no model loaded: {state.error or 'shutting down'}"}, 503)
+
+    # -- routes --------------------------------------------------------------------------
+    @app.get("/health", tags=["ops"], summary="Liveness: the process answers")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        summary="Readiness: model loaded and warmed up, not shutting down",
+        responses={503: {"description": "Not ready (reason given)"}},
+    )
+    async def ready() -> Response:
+        if state.ready:
+            return _json({"ready": True, "model_name": model.name, "model_version": model.version})
+        reason = "shutting down" if state.draining else (state.error or "no model loaded")
+        return _json({"ready": False, "reason": reason}, 503)
+
+    @app.get(
+        "/metadata",
+        tags=["model"],
+        summary="Model name, version, run, lineage and feature schema",
+        responses=_error_responses(503),
+    )
+    async def metadata() -> Response:
+        if model is None:
+            return no_model()
+        meta = model.metadata
+        return _json(
+            {
+                "model_name": model.name,
+                "model_version": model.version,
+                "run_id": model.run_id,
+                "model_uuid": model.model_uuid,
+                "data_version": meta.get("data_version"),
+                "git_commit": meta.get("git_commit"),
+                "metadata": meta,
+                "classes": model.classes,
+                "features": [
+                    {"name": f.name, "type": f.type, "required": f.required} for f in model.features
+                ],
+                "predictor": model.predictor_kind,
+                "predictor_note": model.fast_path_note,
+                "max_batch_size": settings.max_batch_size,
+                "max_body_bytes": settings.max_body_bytes,
+            }
+        )
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics_endpoint() -> Response:
+        data, ctype = metrics.expose()
+        return Response(data, media_type=ctype)
+
+    record_ref = {"$ref": "#/components/schemas/Record"}
+    predict_body = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "anyOf": [
+                        record_ref,
+                        {
+                            "type": "array",
+                            "items": record_ref,
+                            "minItems": 1,
+                            "maxItems": settings.max_batch_size,
+                        },
+                    ]
+                }
+            }
+        },
+    }
+    predict_response = {
+        200: {
+            "description": "Per record: predicted class and class probabilities",
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Predictions"}}},
+        },
+        **_error_responses(400, 413, 415, 422, 503),
+    }
+
+    @app.post(
+        "/predict",
+        tags=["model"],
+        summary="Predict one record (object) or a batch (list of records)",
+        openapi_extra={"requestBody": predict_body},
+        responses=predict_response,
+    )
+    async def predict(request: Request) -> Response:
+        if model is None or schema is None:
+            return no_model()
+        try:
+            records = schema.parse_predict(await read_json_body(request))
+        except RequestError as exc:
+            return _error(exc)
+        idx, proba = model.predict_indices(records)
+        classes = model.classes
+        counts: dict[int, int] = {}
+        for i in idx:
+            counts[i] = counts.get(i, 0) + 1
+        for i, n in counts.items():
+            metrics.predictions.labels(model.version, class_keys[i]).inc(n)
+        predictions = [
+            {"label": classes[i], "probabilities": dict(zip(class_keys, p, strict=True))}
+            for i, p in zip(idx, proba.tolist(), strict=True)
+        ]
+        return _json(
+            {"model_name": model.name, "model_version": model.version, "predictions": predictions}
+        )
+
+    @app.post(
+        "/invocations",
+        tags=["model"],
+        summary="MLflow scoring-server compatible: dataframe_split, dataframe_records, inputs",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/MlflowRequest"}}},
+            }
+        },
+        responses={
+            200: {
+                "description": "MLflow's response shape: predicted classes",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"predictions": {"type": "array", "items": {}}},
+                        }
+                    }
+                },
+            },
+            **_error_responses(400, 413, 415, 422, 503),
+        },
+    )
+    async def invocations(request: Request) -> Response:
+        if model is None or schema is None:
+            return no_model()
+        try:
+            body = await read_json_body(request)
+            try:
+                doc = pydantic_core.from_json(body, allow_inf_nan=True)
+            except ValueError as exc:
+                raise RequestError(400, f"body is not valid JSON: {exc}") from None
+            records = schema.parse_mlflow(doc)
+        except RequestError as exc:
+            return _error(exc)
+        idx, _ = model.predict_indices(records)
+        classes = model.classes
+        for i in idx:
+            metrics.predictions.labels(model.version, class_keys[i]).inc()
+        return _json({"predictions": [classes[i] for i in idx]})
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        components["Record"] = schema.json_schema() if schema else {"type": "object"}
+        components["Error"] = ERROR_SCHEMA
+        components["Predictions"] = {
+            "type": "object",
+            "required": ["model_name", "model_version", "predictions"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "predictions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "probabilities"],
+                        "properties": {
+                            "label": {},
+                            "probabilities": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+        records = {"type": "array", "items": record_ref}
+        components["MlflowRequest"] = {
+            "type": "object",
+            "description": "Exactly one of the keys (MLflow's scoring-server input formats).",
+            "properties": {
+                "dataframe_split": {
+                    "type": "object",
+                    "properties": {
+                        "columns": {"type": "array", "items": {"type": "string"}},
+                        "data": {"type": "array", "items": {"type": "array"}},
+                    },
+                },
+                "dataframe_records": records,
+                "inputs": records,
+            },
+            "minProperties": 1,
+            "maxProperties": 1,
+        }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    return app
+
+
+class _MetricsMiddleware:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._asgi = metrics.middleware(app)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
