@@ -77,7 +77,14 @@ def row(client: docker.DockerClient, var: str, ref: str) -> dict[str, str]:
 
 def print_table(rows: list[dict[str, str]]) -> None:
     columns = [
-        "image", "size", "above base", "base", "layers", "user", "healthcheck", "OCI labels",
+        "image",
+        "size",
+        "above base",
+        "base",
+        "layers",
+        "user",
+        "healthcheck",
+        "OCI labels",
     ]
     widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
     line = " | ".join(c.ljust(widths[c]) for c in columns)
