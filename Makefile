@@ -43,3 +43,23 @@ images: setup base-images ## build every project image
 
 image-report: ## size, layers, user, healthcheck and labels of every project image
 	@$(BIN)/python scripts/image_report.py
+
+# ---- the Compose stack (airflow/docker-compose.yaml, scripts/stack.sh) ----
+.PHONY: up down clean logs ps retrain
+up: engine base-images images ## start the stack (Airflow, MLflow, S3, serving), wait until healthy, first retrain run
+	@bash scripts/stack.sh up
+
+down: ## stop the stack, keep its data (volumes)
+	@bash scripts/stack.sh down
+
+clean: ## stop the stack and delete its data (volumes)
+	@bash scripts/stack.sh clean
+
+logs: ## follow the stack's logs (SERVICE=name for one)
+	@bash scripts/stack.sh logs $(SERVICE)
+
+ps: ## the stack's services and their health
+	@bash scripts/stack.sh ps
+
+retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait for its end
+	@$(BIN)/python scripts/airflow_api.py trigger retrain $(if $(DATE),--date $(DATE)) --conf '$(or $(CONF),{})' --wait $(or $(WAIT),3600)
