@@ -1,0 +1,72 @@
+"""MLflow wiring and lineage shared by train, evaluate and register.
+
+With no environment, MLflow tracks to a SQLite file in the project (`mlflow.db`) and stores
+artifacts under `mlruns/` (both gitignored), so the pipeline works offline. Set
+MLFLOW_TRACKING_URI (and optionally MLFLOW_REGISTRY_URI) to use a server instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+from pathlib import Path
+
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlruns"
+# Types outside skops' default allow-list that the pipeline's estimators reference.
+SKOPS_TRUSTED_TYPES = ["numpy.dtype"]
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / LOCAL_DB).resolve()}"
+
+
+def configure(root: Path, experiment: str | None = None) -> str | None:
+    """Point the MLflow client at the store; create/select `experiment`; return its id."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    if not experiment:
+        return None
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        local = "MLFLOW_TRACKING_URI" not in os.environ
+        location = (root / LOCAL_ARTIFACTS).resolve().as_uri() if local else None
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit(root: Path) -> str:
+    """HEAD of the project's git checkout, else $GIT_COMMIT (set in images), else `unknown`."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("GIT_COMMIT") or "unknown"
+
+
+def container_image() -> str:
+    return os.environ.get("CONVEYOR_IMAGE", "")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the saved model (given explicitly: inferring them is slow)."""
+    names = ["mlflow-skinny", "scikit-learn", "skops", "numpy", "pandas", "scipy"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            if name == "mlflow-skinny":
+                pins.append(f"mlflow-skinny=={importlib.metadata.version('mlflow')}")
+    return pins
