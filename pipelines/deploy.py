@@ -51,9 +51,10 @@ _SERVER_RE = re.compile(r"^\s*server\s+([^\s;]+)", re.MULTILINE)
 
 
 class DeployError(PipelineError):
-    """The new container could not take traffic: the old one keeps serving (exit code 1)."""
+    """The new container could not take traffic: the old one keeps serving (exit code 4, which
+    the DAG fails without retrying: the same image would fail the same way)."""
 
-    exit_code = 1
+    exit_code = 4
 
 
 @dataclass

@@ -172,7 +172,7 @@ def test_cli_reports_a_missing_image_in_one_line(stack, capsys):
                     "--gateway", stack["gateway"], "--upstream-file",
                     str(stack["upstream_file"])])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == 4
     assert err == ["deploy: failed: image conveyor-test/does-not-exist:v0 does not exist on "
                    "this engine"]
 

@@ -1,0 +1,150 @@
+"""DAG integrity of `retrain`, without Docker: it parses, its graph and branching are as
+designed, and every DockerOperator runs the project's training image on the workspace volume.
+
+Needs apache-airflow (the `airflow` group): `make test-dags` runs this file in its own venv
+(.build/venv-airflow); the host venv (no airflow) skips it with that reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+pytest.importorskip("airflow.providers.docker",
+                    reason="apache-airflow is not installed here: run `make test-dags`")
+
+from airflow.dag_processing.dagbag import BundleDagBag  # noqa: E402
+from airflow.providers.docker.operators.docker import DockerOperator  # noqa: E402
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+TRAIN_IMAGE = "conveyor/train:0123456789ab"
+
+EDGES = {
+    "prepare_workspace": {"ingest"},
+    "ingest": {"validate"},
+    "validate": {"train"},
+    "train": {"evaluate"},
+    "evaluate": {"dvc_push"},
+    "dvc_push": {"register"},
+    "register": {"decide_deploy"},
+    "decide_deploy": {"build_serving_image", "keep_current_model"},
+    "build_serving_image": {"deploy"},
+    "deploy": set(),
+    "keep_current_model": set(),
+}
+
+
+def _load(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAIN_IMAGE", TRAIN_IMAGE)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("conveyor_operator", None)
+    bag = BundleDagBag(str(DAGS), bundle_path=DAGS)
+    return bag
+
+
+@pytest.fixture
+def bag(monkeypatch, tmp_path):
+    return _load(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def dag(bag):
+    return bag.dags["retrain"]
+
+
+def test_dagbag_has_no_import_errors_and_only_the_retrain_dag(bag):
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == ["retrain"]
+
+
+def test_task_graph(dag):
+    assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == EDGES
+
+
+def test_run_policy_and_params(dag):
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert dag.schedule == "@daily"
+    assert set(dag.params) == {"force_deploy", "source", "train", "min_improvement",
+                               "deploy_image", "ready_timeout"}
+    assert dag.params["force_deploy"] is False
+    assert dag.doc_md and "quarantined" in dag.doc_md
+    assert all(t.doc_md for t in dag.tasks), [t.task_id for t in dag.tasks if not t.doc_md]
+
+
+def test_schedule_is_configurable(monkeypatch, tmp_path):
+    dag = _load(monkeypatch, tmp_path, RETRAIN_SCHEDULE="0 3 * * *").dags["retrain"]
+    assert dag.schedule == "0 3 * * *"
+    dag = _load(monkeypatch, tmp_path, RETRAIN_SCHEDULE="none").dags["retrain"]
+    assert dag.schedule is None
+
+
+def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
+    docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
+    assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy",
+                                                              "keep_current_model"}
+    for t in docker_tasks:
+        assert t.image == TRAIN_IMAGE, t.task_id
+        assert t.force_pull is False and t.mount_tmp_dir is False, t.task_id
+        assert t.auto_remove == "success", t.task_id
+        mounts = {m["Target"]: (m["Source"], m["Type"]) for m in t.mounts}
+        assert mounts["/workspace"] == ("conveyor-workspace", "volume"), t.task_id
+        assert t.network_mode, t.task_id
+        assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
+        assert "AWS_SECRET_ACCESS_KEY" not in t.environment, t.task_id
+
+
+def test_validate_skips_on_quarantine_and_deploy_sees_the_gateway(dag):
+    assert 3 in dag.get_task("validate").skip_on_exit_code
+    deploy = dag.get_task("deploy")
+    targets = {m["Target"]: m["Source"] for m in deploy.mounts}
+    assert targets["/gateway"] == "conveyor-gateway"
+    assert deploy.environment["DOCKER_HOST"].startswith("tcp://")
+    assert dag.get_task("register").do_xcom_push is True
+
+
+@pytest.mark.parametrize(
+    ("registration", "params", "expected"),
+    [
+        ({"decision": "promoted"}, {}, "build_serving_image"),
+        ({"decision": "rejected"}, {}, "keep_current_model"),
+        ({"decision": "rejected"}, {"force_deploy": True}, "build_serving_image"),
+        ({"decision": "rejected"}, {"deploy_image": "conveyor/serving-model:x-v1"},
+         "build_serving_image"),
+    ],
+)
+def test_branch_deploys_only_a_promoted_or_forced_model(dag, registration, params, expected):
+    full = {"force_deploy": False, "deploy_image": "", **params}
+    decide = dag.get_task("decide_deploy").python_callable
+    assert decide(registration, params=full) == expected
+
+
+def test_commands_render_with_the_runs_params(dag):
+    ingest = dag.get_task("ingest")
+    context = {"ds": "2026-01-02", "params": {"source": "s3://landing/{date}.csv",
+                                              "train": {"classifier": "random_forest"},
+                                              "min_improvement": None}}
+    rendered = ingest.render_template(ingest.command, context)
+    assert rendered[:4] == ["python", "-m", "pipelines.workspace", "run"]
+    args = dict(zip(rendered[4:-4:2], rendered[5:-3:2], strict=False))
+    assert args["--date"] == "2026-01-02"
+    assert args["--source"] == "s3://landing/{date}.csv"
+    assert args["--train-json"] == '{"classifier": "random_forest"}'
+    assert rendered[-4:] == ["--", "dvc", "repro", "ingest"]
+
+
+def test_operator_reads_exit_codes_and_reasons():
+    ops = importlib.import_module("conveyor_operator")
+    exc = ops.DockerContainerFailedException("Docker container failed: {'StatusCode': 4}")
+    assert ops._exit_code(exc) == 4
+    logs = [b"deploy: starting x", b"deploy: failed: new container not ready after 5 s",
+            b"Traceback-free log tail"]
+    assert ops._last_line(logs) == "deploy: failed: new container not ready after 5 s"
+    assert ops._last_line([b"only line"]) == "only line"
