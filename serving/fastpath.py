@@ -84,7 +84,7 @@ class LinearFastPath:
     def predict_proba(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         z = self.decision(records)
         if self.binary:
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            p1 = np.exp(-np.logaddexp(0.0, -z[:, 0]))  # sigmoid, no overflow
             return np.column_stack([1.0 - p1, p1])
         z = z - z.max(axis=1, keepdims=True)
         np.exp(z, out=z)

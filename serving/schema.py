@@ -89,6 +89,7 @@ class RequestSchema:
 
     # -- /invocations (MLflow scoring-server formats) --------------------------------------
     def parse_mlflow(self, doc: Any) -> list[dict[str, Any]]:
+        """Records from MLflow's request formats. As in MLflow's server, NaN means missing."""
         if not isinstance(doc, dict):
             raise RequestError(
                 422, f"expected a JSON object with one of {', '.join(MLFLOW_FORMATS)}"
@@ -129,6 +130,11 @@ class RequestSchema:
             raw = payload
         if not isinstance(raw, list):
             raise RequestError(422, f"'{key}' must be a list of records")
+        # MLflow's pandas semantics: NaN is a missing value (null); Infinity stays an error.
+        raw = [
+            {k: None if v != v else v for k, v in r.items()} if isinstance(r, dict) else r
+            for r in raw
+        ]
         try:
             records = self.records.validate_python(raw)
         except ValidationError as exc:
