@@ -7,6 +7,7 @@
 # EXTRA_CA_CERTS=/path/bundle.pem is copied to .build/ca/extra-ca.pem for the builder stages.
 # Writes the resolved names to .build/images.env (TRAIN_IMAGE=..., SERVING_IMAGE=..., ...).
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 DOCKER="${DOCKER:-/usr/bin/docker}"
@@ -35,6 +36,12 @@ if [ -z "${DOCKER_BUILDKIT:-}" ]; then
     export DOCKER_BUILDKIT=0
   fi
 fi
+
+mkdir -p .build/ca
+# One build at a time: concurrent runs would race on the engine's cores, on .build/ca/ and on
+# images.env.
+exec 9>.build/images.lock
+flock -w 3600 9 || { say "another build-images.sh still holds .build/images.lock"; exit 1; }
 
 [ -s .build/base-images.env ] || bash scripts/base-images.sh
 # shellcheck disable=SC1091
@@ -94,39 +101,52 @@ build_one() { # name dockerfile
     say "$ref is up to date"; echo "$ref"; return
   fi
   # Build args only for the ARGs the Dockerfile declares (no "not consumed" warnings).
-  for var in PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION; do
+  local GIT_COMMIT; GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git status --porcelain 2>/dev/null)" ] || GIT_COMMIT="$GIT_COMMIT-dirty"
+  for var in PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION GIT_COMMIT; do
     grep -Eq "^ARG ${var}(=|$)" "$dockerfile" && args+=(--build-arg "$var=${!var}")
   done
-  local revision; revision=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-  [ -z "$(git status --porcelain 2>/dev/null)" ] || revision="$revision-dirty"
   say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
   local start=$SECONDS
-  "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
+  if ! "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
     --label "org.opencontainers.image.title=conveyor-$name" \
     --label "org.opencontainers.image.source=$SOURCE_URL" \
-    --label "org.opencontainers.image.revision=$revision" \
+    --label "org.opencontainers.image.revision=$GIT_COMMIT" \
     --label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --label "org.opencontainers.image.version=$tag" \
     --label "org.opencontainers.image.base.name=$(final_base "$dockerfile")" \
-    . >&2
+    . >&2; then
+    say "building $ref failed (see above)"
+    [ -n "${EXTRA_CA_CERTS:-}" ] || say "TLS errors (CERTIFICATE_VERIFY_FAILED)? Behind a TLS-inspecting proxy set EXTRA_CA_CERTS=/path/to/ca-bundle.pem"
+    return 1
+  fi
   say "built $ref in $((SECONDS - start))s"
   echo "$ref"
 }
 
 wanted=("$@")
-[ -s .build/images.env ] && cp .build/images.env .build/images.env.old || : > .build/images.env.old
-: > .build/images.env.new
+for name in "${wanted[@]}"; do
+  printf '%s\n' "${IMAGES[@]}" | grep -q "^$name|" || { say "unknown image '$name'"; exit 2; }
+done
+
+
+declare -A resolved=()
+if [ -s .build/images.env ]; then
+  while IFS='=' read -r key value; do [ -n "$key" ] && resolved[$key]=$value; done < .build/images.env
+fi
 for row in "${IMAGES[@]}"; do
   IFS='|' read -r name dockerfile var <<<"$row"
-  if [ "${#wanted[@]}" -gt 0 ] && [[ ! " ${wanted[*]} " == *" $name "* ]]; then
-    # Not asked for: keep what an earlier run resolved.
-    grep "^$var=" .build/images.env.old >> .build/images.env.new || true
-    continue
-  fi
-  if [ ! -f "$dockerfile" ]; then say "skip $name: no $dockerfile yet"; continue; fi
-  echo "$var=$(build_one "$name" "$dockerfile")" >> .build/images.env.new
+  # Not asked for: keep what an earlier run resolved.
+  if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then continue; fi
+  if [ ! -f "$dockerfile" ]; then say "skip $name: no $dockerfile yet"; unset "resolved[$var]"; continue; fi
+  ref=$(build_one "$name" "$dockerfile")
+  resolved[$var]=$ref
 done
-mv .build/images.env.new .build/images.env
-rm -f .build/images.env.old
+out=$(mktemp .build/images.env.XXXXXX)
+for row in "${IMAGES[@]}"; do
+  IFS='|' read -r _ _ var <<<"$row"
+  if [ -n "${resolved[$var]:-}" ]; then echo "$var=${resolved[$var]}" >> "$out"; fi
+done
+mv "$out" .build/images.env
 say "resolved -> .build/images.env:"
 sed 's/^/  /' .build/images.env >&2

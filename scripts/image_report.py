@@ -31,6 +31,11 @@ def mb(size: int | None) -> str:
     return "?" if size is None else f"{size / 1e6:.1f} MB"
 
 
+def short(value: str, width: int = 24) -> str:
+    """A label value cut to `width` characters (the table stays readable)."""
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
 def healthcheck(config: dict) -> str:
     test = (config.get("Healthcheck") or {}).get("Test") or []
     if not test:
@@ -58,8 +63,8 @@ def row(client: docker.DockerClient, var: str, ref: str) -> dict[str, str]:
             added_layers = len(layers) - len(base.get("RootFS", {}).get("Layers") or [])
         except ImageNotFound:
             pass
-    oci = ", ".join(
-        f"{key.removeprefix(OCI)}={value}"
+    oci = " ".join(
+        f"{key.removeprefix(OCI)}={short(value)}"
         for key, value in sorted(labels.items())
         if key.startswith(OCI) and key != BASE_LABEL
     )
