@@ -52,6 +52,10 @@ class Quarantined(PipelineError):
 
     exit_code = EXIT_QUARANTINED
 
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary or {}
+
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
@@ -164,8 +168,10 @@ def run_cli(stage: str, fn: StageFn, argv: list[str] | None = None, doc: str | N
     try:
         summary = fn(load_params(params_path), params_path.parent)
     except PipelineError as exc:
-        print(f"{stage}: {'quarantined' if isinstance(exc, Quarantined) else 'error'}: {exc}",
-              file=sys.stderr)
+        quarantined = isinstance(exc, Quarantined)
+        print(f"{stage}: {'quarantined' if quarantined else 'error'}: {exc}", file=sys.stderr)
+        if quarantined:
+            print(json.dumps(exc.summary, sort_keys=True, default=str))
         return exc.exit_code
     print(json.dumps(summary, sort_keys=True, default=str))
     return EXIT_OK

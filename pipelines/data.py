@@ -80,6 +80,15 @@ def features(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
+def model_input(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Every non-target column, the configured features normalised as in `features`: a model
+    trained on another feature list (an older champion) still finds its columns by name."""
+    name = section(params, "schema").get("target")
+    rest = df.drop(columns=[name], errors="ignore")
+    normalised = features(df, params)
+    return pd.concat([rest.drop(columns=list(normalised.columns)), normalised], axis=1)
+
+
 def target(df: pd.DataFrame, params: dict[str, Any]) -> pd.Series:
     name = section(params, "schema").get("target")
     if not name or name not in df:

@@ -99,6 +99,18 @@ def read_source(source: str, date: dt.date, params: dict[str, Any]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _storable(batch: pd.DataFrame) -> pd.DataFrame:
+    """Mixed-type object columns (e.g. CSV text + Parquet timestamps) become text, nulls kept:
+    the landed batch stays raw and validate coerces the types it expects."""
+    batch = batch.rename(columns=str)
+    for col in batch.columns:
+        if batch[col].dtype == object:
+            kinds = {type(v) for v in batch[col].dropna()}
+            if len(kinds) > 1:
+                batch[col] = batch[col].map(lambda v: v if pd.isna(v) else str(v))
+    return batch
+
+
 def ingest(params: dict[str, Any], root: Path) -> dict[str, Any]:
     """Read the batch of `ingest.date` and land it in data/landing/ (replacing the last one)."""
     cfg = section(params, "ingest")
@@ -106,7 +118,7 @@ def ingest(params: dict[str, Any], root: Path) -> dict[str, Any]:
     if not source:
         raise PipelineError("ingest.source is empty")
     date = logical_date(params)
-    batch = read_source(source, date, params)
+    batch = _storable(read_source(source, date, params))
     if batch.empty or len(batch.columns) == 0:
         raise PipelineError(f"batch for {date} from '{source}' is empty")
 

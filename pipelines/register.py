@@ -30,10 +30,10 @@ from pipelines.common import (
 )
 from pipelines.data import (
     METRICS,
-    features,
     improvement,
     load_dataset,
     load_model,
+    model_input,
     score,
     target,
     time_split,
@@ -90,7 +90,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
         raise PipelineError(f"no training run at {TRAIN_RUN_FILE}: run train first") from exc
 
     _, holdout = time_split(load_dataset(root), params)
-    X, y = features(holdout, params), target(holdout, params)
+    X, y = model_input(holdout, params), target(holdout, params)
     candidate_score = score(load_model(root), X, y)[metric]
     if candidate_score is None:
         raise PipelineError(f"{metric} is undefined on the holdout (one class only?)")

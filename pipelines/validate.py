@@ -36,6 +36,8 @@ from pipelines.common import (
     section,
 )
 
+AGGREGATE_CHECKS = ("max_null_fraction", "min_classes", "min_rows")
+
 
 def build_schema(params: dict[str, Any]) -> pa.DataFrameSchema:
     """The pandera schema of one batch, built from `schema` and `validation` in params."""
@@ -52,7 +54,6 @@ def build_schema(params: dict[str, Any]) -> pa.DataFrameSchema:
         return pa.Check(
             lambda s: bool(s.isna().mean() <= max_null),
             name="max_null_fraction",
-            error=f"null fraction above {max_null}",
             ignore_na=False,
         )
 
@@ -70,8 +71,7 @@ def build_schema(params: dict[str, Any]) -> pa.DataFrameSchema:
     columns[target] = pa.Column(
         None,
         nullable=False,
-        checks=[pa.Check(lambda s: bool(s.nunique() >= min_classes), name="min_classes",
-                         error=f"fewer than {min_classes} classes")],
+        checks=[pa.Check(lambda s: bool(s.nunique() >= min_classes), name="min_classes")],
     )
     if schema.get("id_column"):
         columns[schema["id_column"]] = pa.Column(None, nullable=False, unique=True)
@@ -81,8 +81,7 @@ def build_schema(params: dict[str, Any]) -> pa.DataFrameSchema:
     min_rows = int(rules.get("min_rows", 1))
     return pa.DataFrameSchema(
         columns,
-        checks=[pa.Check(lambda df: len(df) >= min_rows, name="min_rows",
-                         error=f"fewer than {min_rows} rows")],
+        checks=[pa.Check(lambda df: len(df) >= min_rows, name="min_rows")],
         strict=False,
     )
 
@@ -102,7 +101,10 @@ def failure_report(cases: pd.DataFrame, batch: pd.DataFrame) -> list[dict[str, A
         if check == "column_in_dataframe":
             entry["column"] = str(group["failure_case"].iloc[0])
             entry["examples"] = []
+        if check in AGGREGATE_CHECKS:  # checks of a whole column/frame: report what was seen
+            entry["examples"] = []
         if check == "max_null_fraction" and column in batch:
+            entry["failed_count"] = int(batch[column].isna().sum())
             entry["observed"] = round(float(batch[column].isna().mean()), 4)
         if check == "min_rows":
             entry["observed"] = int(len(batch))
@@ -117,7 +119,14 @@ def check_batch(batch: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFra
     try:
         return build_schema(params).validate(batch, lazy=True), []
     except pa.errors.SchemaErrors as exc:
-        return None, failure_report(exc.failure_cases, batch)
+        failures = failure_report(exc.failure_cases, batch)
+    rules = params.get("validation") or {}
+    limits = {"max_null_fraction": rules.get("max_null_fraction"),
+              "min_rows": rules.get("min_rows"), "min_classes": rules.get("min_classes")}
+    for entry in failures:
+        if limits.get(entry["check"]) is not None:
+            entry["limit"] = limits[entry["check"]]
+    return None, failures
 
 
 def _quarantine(root: Path, date: str, landing: Path, failures: list, rows: int) -> Path:
@@ -163,7 +172,9 @@ def validate(params: dict[str, Any], root: Path) -> dict[str, Any]:
         rel = where.relative_to(root)
         raise Quarantined(
             f"batch {date} failed {len(failures)} check(s): {head}{names}; "
-            f"moved to {rel / 'batch.parquet'}, report {rel / 'report.json'}"
+            f"moved to {rel / 'batch.parquet'}, report {rel / 'report.json'}",
+            summary={"stage": "validate", "date": date, "status": "quarantined",
+                     "rows": len(batch), "report": str(rel / "report.json")},
         )
 
     out = root / DATASET_DIR / f"{date}.parquet"

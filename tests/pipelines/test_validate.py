@@ -1,0 +1,109 @@
+"""Validate: every rule quarantines a bad batch with a machine-readable report, exit code 3."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.common import DATASET_DIR, LANDING_DIR, QUARANTINE_DIR, Quarantined
+from pipelines.ingest import ingest
+from pipelines.validate import check_batch, validate
+from pipelines.validate import main as validate_main
+
+pytestmark = pytest.mark.unit
+
+
+def _land(root, params, mutate=None):
+    ingest(params, root)
+    if mutate is not None:
+        path = root / LANDING_DIR / "batch.parquet"
+        batch = pd.read_parquet(path)
+        mutate(batch).to_parquet(path, index=False)
+
+
+def _set(col, values):
+    def mutate(df):
+        df[col] = values(df) if callable(values) else values
+        return df
+    return mutate
+
+
+# (name, mutation of a good batch, expected failing (column, check))
+RULES = [
+    ("missing target", lambda df: df.drop(columns=["churned"]),
+     ("churned", "column_in_dataframe")),
+    ("missing feature", lambda df: df.drop(columns=["region"]), ("region", "column_in_dataframe")),
+    ("text in a numeric column",
+     _set("age", lambda df: df["age"].astype(str).where(df.index % 50 != 0, "old")),
+     ("age", "coerce_dtype('float64')")),
+    ("out of range", _set("tenure_months", lambda df: df["tenure_months"].where(df.index > 5, -3)),
+     ("tenure_months", "in_range(0, 120)")),
+    ("null rate", _set("monthly_charges",
+                       lambda df: df["monthly_charges"].where(df.index % 3 != 0, np.nan)),
+     ("monthly_charges", "max_null_fraction")),
+    ("missing labels", _set("churned", lambda df: df["churned"].where(df.index != 7, np.nan)),
+     ("churned", "not_nullable")),
+    ("single class", _set("churned", 0), ("churned", "min_classes")),
+    ("duplicate ids", _set("customer_id", lambda df: df["customer_id"].where(df.index != 1,
+                                                                             df["customer_id"][0])),
+     ("customer_id", "field_uniqueness")),
+    ("too few rows", lambda df: df.head(20), (None, "min_rows")),
+]
+
+
+def test_a_good_batch_passes(ml_root, ml_params):
+    _land(ml_root, ml_params)
+    summary = validate(ml_params, ml_root)
+    assert summary["status"] == "passed"
+    assert (ml_root / DATASET_DIR / "2026-01-01.parquet").exists()
+    assert not (ml_root / QUARANTINE_DIR).exists()
+
+
+@pytest.mark.parametrize(("name", "mutate", "expected"), RULES, ids=[r[0] for r in RULES])
+def test_each_rule_quarantines_the_batch(ml_root, ml_params, name, mutate, expected):
+    _land(ml_root, ml_params, mutate)
+    landed = pd.read_parquet(ml_root / LANDING_DIR / "batch.parquet")
+    with pytest.raises(Quarantined, match="2026-01-01 failed"):
+        validate(ml_params, ml_root)
+
+    where = ml_root / QUARANTINE_DIR / "2026-01-01"
+    report = json.loads((where / "report.json").read_text())
+    assert report["status"] == "quarantined" and report["rows"] == len(landed)
+    failed = {(f["column"], f["check"]) for f in report["failures"]}
+    assert expected in failed, failed
+    assert all(f["failed_count"] >= 1 for f in report["failures"])
+    pd.testing.assert_frame_equal(pd.read_parquet(where / "batch.parquet"), landed)
+    assert not (ml_root / LANDING_DIR / "batch.parquet").exists()  # moved, never promoted
+    assert not (ml_root / DATASET_DIR).exists()
+
+
+def test_null_rate_report_carries_the_observed_fraction(ml_params):
+    from pipelines import demo
+
+    batch = demo.generate(pd.Timestamp("2026-01-01").date(), rows=300)
+    batch.loc[batch.index % 2 == 0, "region"] = None
+    _, failures = check_batch(batch, ml_params)
+    (entry,) = [f for f in failures if f["column"] == "region"]
+    assert entry["check"] == "max_null_fraction" and entry["observed"] == 0.5
+
+
+def test_quarantine_leaves_the_dataset_untouched_and_exits_3(ml_root, ml_params, capsys):
+    _land(ml_root, ml_params)
+    validate(ml_params, ml_root)
+    good = (ml_root / DATASET_DIR / "2026-01-01.parquet").read_bytes()
+
+    _land(ml_root, ml_params, lambda df: df.drop(columns=["churned"]))
+    assert validate_main(["--params", str(ml_root / "params.yaml")]) == 3
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1
+    assert "validate: quarantined:" in err and "target column 'churned' missing" in err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "quarantined"
+    assert (ml_root / DATASET_DIR / "2026-01-01.parquet").read_bytes() == good
+
+
+def test_validate_without_a_landed_batch_is_bad_input(ml_root, capsys):
+    assert validate_main(["--params", str(ml_root / "params.yaml")]) == 2
+    assert "run ingest first" in capsys.readouterr().err
