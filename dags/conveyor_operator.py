@@ -11,6 +11,8 @@ Configuration comes from the Airflow containers' environment (set by Compose):
                                containers                            (conveyor-serving)
   CONVEYOR_GATEWAY_VOLUME      volume holding the gateway's upstream file (conveyor-gateway)
   CONVEYOR_GATEWAY_CONTAINER   gateway container name                (conveyor-gateway)
+  CONVEYOR_HOST_PROJECT_DIR    host path of the checkout (serving/model.Dockerfile is mounted
+                               from it into build_serving_image)
   CONVEYOR_TASK_DOCKER_HOST    Docker API as seen from build/deploy containers
                                (tcp://docker-proxy:2375)
   DOCKER_HOST                  Docker API as seen from the scheduler (the provider reads it)
@@ -73,6 +75,16 @@ def workspace_mount() -> Mount:
 def gateway_mount() -> Mount:
     return Mount(target=GATEWAY_DIR, source=setting("CONVEYOR_GATEWAY_VOLUME", "conveyor-gateway"),
                  type="volume")
+
+
+def project_mount(relative: str, target_root: str = "/opt/conveyor") -> Mount | None:
+    """A file of the repository checkout, read-only, by its HOST path (the daemon resolves bind
+    sources on the host: CONVEYOR_HOST_PROJECT_DIR, set by scripts/stack.sh)."""
+    host_dir = setting("CONVEYOR_HOST_PROJECT_DIR")
+    if not host_dir:
+        return None
+    return Mount(target=f"{target_root}/{relative}", source=f"{host_dir.rstrip('/')}/{relative}",
+                 type="bind", read_only=True)
 
 
 def _exit_code(exc: DockerContainerFailedException) -> int | None:

@@ -13,11 +13,13 @@ from conveyor_operator import (
     WORKSPACE,
     ConveyorDockerOperator,
     gateway_mount,
+    project_mount,
     setting,
     workspace_mount,
 )
 
 SCHEDULE = setting("RETRAIN_SCHEDULE", "@daily")
+MODEL_DOCKERFILE = "serving/model.Dockerfile"  # the serving part's recipe for a baked model
 
 # Every ML task first gives the workspace this run's params (image defaults + overrides).
 RUN = [
@@ -88,12 +90,15 @@ with DAG(
     )
     ingest = ConveyorDockerOperator(
         task_id="ingest",
-        command=[*RUN, "--", "dvc", "repro", "ingest"],
-        doc_md="Read the batch of `{{ ds }}` from the source into `data/landing/`. Idempotent: "
-               "the same date replaces its rows, DVC skips it when nothing changed.",
+        command=[*RUN, "--", "dvc", "repro", "--force", "--single-item", "ingest"],
+        doc_md="Read the batch of the logical date from the source into `data/landing/` "
+               "(forced: the source may have changed). Idempotent: the same date replaces its "
+               "rows; unchanged data changes no hash downstream.",
     )
     validate = ConveyorDockerOperator(
         task_id="validate",
+        # The stage itself, not `dvc repro validate`: DVC would turn exit code 3 into 255.
+        # `dvc repro train` then re-runs it under DVC (same result), keeping dvc.lock true.
         command=[*RUN, "--", "python", "-m", "pipelines.validate"],
         skip_on_exit_code=EXIT_QUARANTINED,
         doc_md="Schema, ranges, null rates, labels. A failing batch is moved to "
@@ -129,8 +134,9 @@ with DAG(
     @task.branch(doc_md="Deploy when the model was promoted, or when `force_deploy` or "
                         "`deploy_image` asks for it; otherwise keep the current model.")
     def decide_deploy(registration: dict, params=None) -> str:
-        promoted = str(registration.get("decision", "")).lower() in ("promoted", "promote",
-                                                                     "champion")
+        # already_champion: a re-run of a run whose model was promoted (deploy is then a no-op
+        # if that image is live, and finishes the job if the earlier deploy failed).
+        promoted = registration.get("decision") in ("promoted", "already_champion")
         if promoted or params["force_deploy"] or params["deploy_image"]:
             return "build_serving_image"
         return "keep_current_model"
@@ -143,13 +149,16 @@ with DAG(
     build = ConveyorDockerOperator(
         task_id="build_serving_image",
         command=["python", "-m", "pipelines.build_serving_image", "--workspace", WORKSPACE,
+                 "--dockerfile", f"/opt/conveyor/{MODEL_DOCKERFILE}",
                  "--image={{ params.deploy_image }}"],
         network=serving_network,
+        mounts=[m for m in (workspace_mount(), project_mount(MODEL_DOCKERFILE)) if m],
         extra_env={**docker_api, "SERVING_IMAGE": setting("SERVING_IMAGE")},
         json_xcom=True,
         doc_md="Build `conveyor/serving-model:<name>-v<version>` FROM `SERVING_IMAGE` with the "
-               "model baked in, labelled with its lineage (model version, MLflow run id, data "
-               "version, git commit). An existing image of the same run is reused.",
+               "model baked in (`serving/model.Dockerfile`, classic builder via the socket "
+               "proxy), labelled with its lineage (model version, MLflow run id, data version, "
+               "git commit). An existing image of the same run is reused.",
     )
     deploy = ConveyorDockerOperator(
         task_id="deploy",

@@ -7,8 +7,9 @@ Reads `reports/registration.json` (model name, version, MLflow run id) and the m
 `models/model/` (its MLmodel `metadata` holds the data version and git commit) from the
 workspace, and builds `<repository>:<model name>-v<version>` FROM the serving image
 ($SERVING_IMAGE) through the Docker API (docker-py, classic builder; DOCKER_HOST may point at a
-socket proxy). The tag is the model version, the labels carry the lineage. Idempotent: an image
-with that tag whose run-id label matches is reused, not rebuilt.
+socket proxy) with the serving part's own recipe, serving/model.Dockerfile (`--dockerfile`;
+the DAG mounts it read-only from the checkout). The tag is the model version, the labels carry
+the lineage. Idempotent: an image with that tag whose run-id label matches is reused.
 
 `--image TAG` skips the build and hands an existing image on (rollback to an earlier model's
 image, or a hotfix image): it must exist locally.
@@ -33,7 +34,7 @@ import yaml
 from pipelines.common import MODEL_DIR, REGISTRATION_FILE, PipelineError
 
 DEFAULT_REPOSITORY = "conveyor/serving-model"
-MODEL_TARGET = "/app/model"  # serving's default MODEL_DIR
+DEFAULT_DOCKERFILE = "serving/model.Dockerfile"
 
 # Label keys: OCI ones where a standard exists, io.conveyor.* for the model lineage.
 LABEL_MODEL_NAME = "io.conveyor.model.name"
@@ -42,16 +43,6 @@ LABEL_RUN_ID = "io.conveyor.model.run_id"
 LABEL_DATA_VERSION = "io.conveyor.data.version"
 LABEL_GIT_COMMIT = "org.opencontainers.image.revision"
 LABEL_BASE_IMAGE = "org.opencontainers.image.base.name"
-
-DOCKERFILE = f"""\
-ARG SERVING_IMAGE
-FROM ${{SERVING_IMAGE}}
-ARG MODEL_NAME
-ARG MODEL_VERSION
-COPY model/ {MODEL_TARGET}/
-ENV MODEL_DIR={MODEL_TARGET} MODEL_NAME=${{MODEL_NAME}} MODEL_VERSION=${{MODEL_VERSION}}
-"""
-
 
 def docker_client():
     """A docker-py client from DOCKER_HOST (the socket proxy in the stack)."""
@@ -98,11 +89,15 @@ def image_tag(repository: str, release: dict[str, Any]) -> str:
     return f"{repository}:{release['model_name']}-v{release['model_version']}"
 
 
-def build_context(model_dir: Path) -> io.BytesIO:
+def build_context(dockerfile: Path, model_dir: Path) -> io.BytesIO:
     """A tar build context: the Dockerfile and the model directory (world-readable files)."""
     buf = io.BytesIO()
+    try:
+        data = dockerfile.read_bytes()
+    except OSError as exc:
+        msg = f"cannot read the model Dockerfile {dockerfile}: {exc.strerror}"
+        raise PipelineError(msg) from exc
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = DOCKERFILE.encode()
         info = tarfile.TarInfo("Dockerfile")
         info.size, info.mode = len(data), 0o644
         tar.addfile(info, io.BytesIO(data))
@@ -118,7 +113,8 @@ def build_context(model_dir: Path) -> io.BytesIO:
     return buf
 
 
-def build(client, base_image: str, repository: str, workspace: Path) -> dict[str, Any]:
+def build(client, base_image: str, repository: str, workspace: Path,
+          dockerfile: Path) -> dict[str, Any]:
     import docker
 
     release = read_release(workspace)
@@ -149,7 +145,7 @@ def build(client, base_image: str, repository: str, workspace: Path) -> dict[str
     print(f"build_serving_image: building {tag} FROM {base_image}", file=sys.stderr)
     image_id = None
     stream = client.api.build(
-        fileobj=build_context(workspace / MODEL_DIR),
+        fileobj=build_context(dockerfile, workspace / MODEL_DIR),
         custom_context=True,
         tag=tag,
         buildargs={
@@ -201,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=".", type=Path)
     parser.add_argument("--base-image", default=os.environ.get("SERVING_IMAGE", ""))
     parser.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    parser.add_argument("--dockerfile", type=Path, default=Path(DEFAULT_DOCKERFILE))
     parser.add_argument("--image", default="", help="use this existing image, build nothing")
     args = parser.parse_args(argv)
     try:
@@ -210,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.base_image:
                 raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
-            summary = build(client, args.base_image, args.repository, args.workspace.resolve())
+            summary = build(client, args.base_image, args.repository, args.workspace.resolve(),
+                            args.dockerfile)
     except PipelineError as exc:
         print(f"build_serving_image: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -6,9 +6,10 @@
                                       [--emit reports/registration.json] -- COMMAND ...
 
 `prepare` makes /workspace a DVC project without git (`dvc init --no-scm`), copies the
-pipeline definition (dvc.yaml) from the image, and points the default DVC remote at
-$DVC_REMOTE_URL (with $AWS_ENDPOINT_URL as its endpoint; credentials come from the AWS
-variables of the task's private environment, never written to the config).
+pipeline definition (dvc.yaml and the stage code it depends on) from the image, and points
+the default DVC remote at $DVC_REMOTE_URL (with $AWS_ENDPOINT_URL as its endpoint;
+credentials come from the AWS variables of the task's private environment, never written to
+the config).
 
 `run` gives the workspace the params of one DAG run, then runs COMMAND in it and exits with
 COMMAND's status (so a stage's distinct exit codes reach the DAG). The params are rebuilt every
@@ -40,6 +41,15 @@ def _dvc(workspace: Path, *args: str) -> None:
         raise PipelineError(f"dvc {' '.join(args)} failed: {detail[-1] if detail else '?'}")
 
 
+def sync_code(workspace: Path, source_dir: Path) -> None:
+    """dvc.yaml and the stage code it lists as deps come from the image (code, not state)."""
+    shutil.copyfile(source_dir / "dvc.yaml", workspace / "dvc.yaml")
+    code = source_dir / "pipelines"
+    if code.is_dir() and code.resolve() != (workspace / "pipelines").resolve():
+        shutil.copytree(code, workspace / "pipelines", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def prepare(workspace: Path, source_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     if not (source_dir / "dvc.yaml").is_file():
         raise PipelineError(f"no dvc.yaml in {source_dir}: not the training image?")
@@ -48,7 +58,7 @@ def prepare(workspace: Path, source_dir: Path, env: dict[str, str]) -> dict[str,
         _dvc(workspace, "init", "--no-scm")
     _dvc(workspace, "config", "core.no_scm", "true")
     _dvc(workspace, "config", "core.autostage", "false")
-    shutil.copyfile(source_dir / "dvc.yaml", workspace / "dvc.yaml")
+    sync_code(workspace, source_dir)
     if not (workspace / "params.yaml").is_file():
         shutil.copyfile(source_dir / "params.yaml", workspace / "params.yaml")
     remote = env.get("DVC_REMOTE_URL", "")
@@ -96,6 +106,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def apply_params(workspace: Path, source_dir: Path, sets: list[str]) -> None:
     """params.yaml = the image's defaults + this run's overrides (edited by pipelines.params)."""
+    sync_code(workspace, source_dir)
     shutil.copyfile(source_dir / "params.yaml", workspace / "params.yaml")
     if not sets:
         return

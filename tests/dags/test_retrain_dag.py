@@ -114,9 +114,10 @@ def test_validate_skips_on_quarantine_and_deploy_sees_the_gateway(dag):
     ("registration", "params", "expected"),
     [
         ({"decision": "promoted"}, {}, "build_serving_image"),
-        ({"decision": "rejected"}, {}, "keep_current_model"),
-        ({"decision": "rejected"}, {"force_deploy": True}, "build_serving_image"),
-        ({"decision": "rejected"}, {"deploy_image": "conveyor/serving-model:x-v1"},
+        ({"decision": "already_champion"}, {}, "build_serving_image"),
+        ({"decision": "challenger"}, {}, "keep_current_model"),
+        ({"decision": "challenger"}, {"force_deploy": True}, "build_serving_image"),
+        ({"decision": "challenger"}, {"deploy_image": "conveyor/serving-model:x-v1"},
          "build_serving_image"),
     ],
 )
@@ -133,11 +134,11 @@ def test_commands_render_with_the_runs_params(dag):
                                               "min_improvement": None}}
     rendered = ingest.render_template(ingest.command, context)
     assert rendered[:4] == ["python", "-m", "pipelines.workspace", "run"]
-    args = dict(zip(rendered[4:-4:2], rendered[5:-3:2], strict=False))
+    args = dict(zip(rendered[4:-6:2], rendered[5:-6:2], strict=True))
     assert args["--date"] == "2026-01-02"
     assert args["--source"] == "s3://landing/{date}.csv"
     assert args["--train-json"] == '{"classifier": "random_forest"}'
-    assert rendered[-4:] == ["--", "dvc", "repro", "ingest"]
+    assert rendered[-6:] == ["--", "dvc", "repro", "--force", "--single-item", "ingest"]
 
 
 def test_operator_reads_exit_codes_and_reasons():
