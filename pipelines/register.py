@@ -101,7 +101,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     champion = by_alias(client, name, CHAMPION)
     champion_score: float | None = None
     reason = ""
-    if champion is not None and champion.version == version.version:
+    if champion is not None and str(champion.version) == str(version.version):
         decision, promote, champion_score = "already_champion", False, candidate_score
         reason = "this version already holds the champion alias"
     else:
@@ -124,7 +124,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         challenger = by_alias(client, name, CHALLENGER)
-        if challenger is not None and challenger.version == version.version:
+        if challenger is not None and str(challenger.version) == str(version.version):
             client.delete_registered_model_alias(name, CHALLENGER)
     elif decision == "challenger":
         client.set_registered_model_alias(name, CHALLENGER, version.version)
