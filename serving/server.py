@@ -96,6 +96,10 @@ def build(settings: Settings) -> tuple[Any, Any]:
     from serving.model import ModelLoadError, load_model
 
     state = ServingState()
+    if settings.fetch_error:
+        state.error = f"model not fetched: {settings.fetch_error}"
+        log.error("NOT READY: %s", state.error)
+        return create_app(settings, state), state
     try:
         model = load_model(
             settings.model_dir,

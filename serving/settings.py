@@ -86,6 +86,7 @@ class Settings:
     graceful_timeout: float = 5.0  # then wait at most this long for in-flight requests
     fast_path: bool = True  # compiled numpy predictor when it matches sklearn exactly
     log_level: str = "info"
+    fetch_error: str = ""  # set by the entrypoint when the model could not be fetched
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -106,4 +107,5 @@ class Settings:
             graceful_timeout=_float(env, "GRACEFUL_TIMEOUT", cls.graceful_timeout),
             fast_path=fast in {"auto", "on", "true", "1"},
             log_level=(env.get("LOG_LEVEL", cls.log_level) or cls.log_level).lower(),
+            fetch_error=env.get("MODEL_FETCH_ERROR", ""),
         )
