@@ -8,7 +8,7 @@ The procedure (measured on this machine to lose no request at 200 req/s):
 
 1. start the new serving container on the network (labels: role, image, model version, run);
 2. wait for its `/ready` and a smoke prediction that answers with the expected model version;
-   if it never gets there: remove it, leave the gateway and the old container alone, exit 1 with
+   if it never gets there: remove it, leave the gateway and the old container alone, exit 4 with
    the reason and the container's last log lines;
 3. rewrite the gateway's upstream file (atomic rename on the shared volume) and send SIGHUP to
    the gateway through the Docker API's kill endpoint (exec is refused by the socket proxy);
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.build_serving_image import LABEL_MODEL_VERSION, docker_client
+from pipelines.build_serving_image import LABEL_MODEL_NAME, LABEL_MODEL_VERSION, docker_client
 from pipelines.common import PipelineError, atomic_write_text
 
 ROLE_LABEL = "io.conveyor.role"
@@ -175,12 +175,17 @@ def start_candidate(client, cfg: DeployConfig, image, name: str):
     labels = {ROLE_LABEL: ROLE, "io.conveyor.image": cfg.image,
               **{k: v for k, v in image.labels.items() if k.startswith("io.conveyor.")},
               **cfg.labels}
+    # The model's identity from the image's labels (the build's source of truth), so that the
+    # container reports it even if the image's own ENV lost it.
+    identity = {env: image.labels[label] for env, label in
+                (("MODEL_NAME", LABEL_MODEL_NAME), ("MODEL_VERSION", LABEL_MODEL_VERSION))
+                if image.labels.get(label)}
     return client.containers.run(
         image.id,
         name=name,
         detach=True,
         network=cfg.network,
-        environment=cfg.environment,
+        environment={**identity, **cfg.environment},
         labels=labels,
         restart_policy={"Name": "unless-stopped"},
         mem_limit=cfg.mem_limit,
