@@ -152,9 +152,8 @@ class AirflowClient:
                 return found[0]
             if time.monotonic() > deadline:
                 errors = [e.get("filename") for e in self.import_errors()]
-                raise AirflowError(
-                    f"DAG {dag_id} not listed after {timeout}s (import errors in: {errors or 'none'})"
-                )
+                raise AirflowError(f"DAG {dag_id} not listed after {timeout}s "
+                                   f"(import errors in: {errors or 'none'})")
             time.sleep(poll)
 
 

@@ -153,7 +153,9 @@ cmd_up() {
 # containers): Compose does not know them, and they would keep the network from being removed.
 remove_task_containers() {
   local ids
-  ids=$("$DOCKER" ps -aq --filter network=conveyor 2>/dev/null | while read -r id; do
+  ids=$(for net in conveyor-tasks conveyor-serving; do
+          "$DOCKER" ps -aq --filter "network=$net" 2>/dev/null
+        done | sort -u | while read -r id; do
           [ -n "$("$DOCKER" inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "$id")" ] || echo "$id"
         done)
   [ -z "$ids" ] && return 0
