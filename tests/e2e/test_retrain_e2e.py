@@ -17,6 +17,7 @@ end in that case). Every wait is bounded.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -127,7 +128,12 @@ class Runs:
         data = self.client.request(
             "GET", f"{self._run_path(run_id)}/taskInstances/{task_id}/xcomEntries/return_value")
         value = data["value"]
-        return json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return ast.literal_eval(value)  # a stringified Python dict
+        return value
 
     def log(self, run_id: str, task_id: str, try_number: int) -> str:
         data = self.client.request(
