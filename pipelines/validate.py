@@ -98,9 +98,6 @@ def failure_report(cases: pd.DataFrame, batch: pd.DataFrame) -> list[dict[str, A
             "failed_count": int(len(group)),
             "examples": [str(v) for v in group["failure_case"].head(5)],
         }
-        if check == "column_in_dataframe":
-            entry["column"] = str(group["failure_case"].iloc[0])
-            entry["examples"] = []
         if check in AGGREGATE_CHECKS:  # checks of a whole column/frame: report what was seen
             entry["examples"] = []
         if check == "max_null_fraction" and column in batch:
@@ -116,10 +113,17 @@ def failure_report(cases: pd.DataFrame, batch: pd.DataFrame) -> list[dict[str, A
 
 def check_batch(batch: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame | None, list]:
     """Validate a batch: (coerced frame, []) when it passes, (None, failures) when it fails."""
+    schema = build_schema(params)
+    # pandera names only the first missing column: report every one, check the rest as usual
+    missing = [col for col in schema.columns if col not in batch.columns]
+    failures = [{"column": col, "check": "column_in_dataframe", "failed_count": 1,
+                 "examples": []} for col in missing]
     try:
-        return build_schema(params).validate(batch, lazy=True), []
+        coerced = schema.remove_columns(missing).validate(batch, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        failures = failure_report(exc.failure_cases, batch)
+        failures += failure_report(exc.failure_cases, batch)
+    if not failures:
+        return coerced, []
     rules = params.get("validation") or {}
     limits = {"max_null_fraction": rules.get("max_null_fraction"),
               "min_rows": rules.get("min_rows"), "min_classes": rules.get("min_classes")}

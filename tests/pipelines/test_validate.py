@@ -36,6 +36,8 @@ RULES = [
     ("missing target", lambda df: df.drop(columns=["churned"]),
      ("churned", "column_in_dataframe")),
     ("missing feature", lambda df: df.drop(columns=["region"]), ("region", "column_in_dataframe")),
+    ("several missing columns", lambda df: df.drop(columns=["age", "region", "churned"]),
+     ("churned", "column_in_dataframe")),
     ("text in a numeric column",
      _set("age", lambda df: df["age"].astype(str).where(df.index % 50 != 0, "old")),
      ("age", "coerce_dtype('float64')")),
@@ -74,6 +76,9 @@ def test_each_rule_quarantines_the_batch(ml_root, ml_params, name, mutate, expec
     assert report["status"] == "quarantined" and report["rows"] == len(landed)
     failed = {(f["column"], f["check"]) for f in report["failures"]}
     assert expected in failed, failed
+    if name == "several missing columns":
+        assert {c for c, check in failed if check == "column_in_dataframe"} == {
+            "age", "region", "churned"}
     assert all(f["failed_count"] >= 1 for f in report["failures"])
     pd.testing.assert_frame_equal(pd.read_parquet(where / "batch.parquet"), landed)
     assert not (ml_root / LANDING_DIR / "batch.parquet").exists()  # moved, never promoted
