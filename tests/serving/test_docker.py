@@ -145,7 +145,9 @@ def test_serves_read_only_and_stops_gracefully_under_load(model_image, reference
 
     recs = [record(), record(monthly_charges=None), record(contract="annual", region="east")]
     body = requests.post(f"{base}/predict", json=recs, timeout=5).json()
-    got = np.array([[p["probabilities"][c] for c in ("churn", "stay")] for p in body["predictions"]])
+    got = np.array(
+        [[p["probabilities"][c] for c in ("churn", "stay")] for p in body["predictions"]]
+    )
     df = frame([{k: (np.nan if v is None else v) for k, v in r.items()} for r in recs])
     np.testing.assert_allclose(got, reference.predict_proba(df), atol=1e-9)
 
