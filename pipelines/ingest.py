@@ -45,6 +45,7 @@ def _filesystem(uri: str):
 
     options: dict[str, Any] = {}
     if uri.startswith("s3://"):
+        options["skip_instance_cache"] = True  # read credentials from the environment now
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
