@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,17 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dockerfile", type=Path, default=Path(DEFAULT_DOCKERFILE))
     parser.add_argument("--image", default="", help="use this existing image, build nothing")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> dict[str, Any]:
         client = docker_client()
         if args.image:
-            summary = use_existing(client, args.image)
-        else:
-            if not args.base_image:
-                raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
-            summary = build(client, args.base_image, args.repository, args.workspace.resolve(),
-                            args.dockerfile)
+            return use_existing(client, args.image)
+        if not args.base_image:
+            raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
+        return build(client, args.base_image, args.repository, args.workspace.resolve(),
+                     args.dockerfile)
+
+    return report("build_serving_image: error", run)
+
+
+def report(prefix: str, run: Callable[[], dict[str, Any]]) -> int:
+    """Run a step: its JSON summary as the last stdout line (XCom), or `<prefix>: <reason>` on
+    stderr and the error's exit code."""
+    try:
+        summary = run()
     except PipelineError as exc:
-        print(f"build_serving_image: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps(summary, sort_keys=True))
     return 0

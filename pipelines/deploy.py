@@ -34,7 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.build_serving_image import LABEL_MODEL_NAME, LABEL_MODEL_VERSION, docker_client
+from pipelines.build_serving_image import (
+    LABEL_MODEL_NAME,
+    LABEL_MODEL_VERSION,
+    docker_client,
+    report,
+)
 from pipelines.common import PipelineError, atomic_write_text
 
 ROLE_LABEL = "io.conveyor.role"
@@ -335,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the new serving container")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> dict[str, Any]:
         cfg = DeployConfig(
             image=args.image, network=args.network, gateway=args.gateway,
             upstream_file=args.upstream_file, port=args.port,
@@ -344,12 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             labels=dict(kv.split("=", 1) for kv in args.label if "=" in kv),
             environment=dict(kv.split("=", 1) for kv in args.env if "=" in kv),
         )
-        summary = deploy(docker_client(), cfg)
-    except PipelineError as exc:
-        print(f"deploy: failed: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(summary, sort_keys=True))
-    return 0
+        return deploy(docker_client(), cfg)
+
+    return report("deploy: failed", run)
 
 
 if __name__ == "__main__":
