@@ -112,6 +112,9 @@ def mlflow_client():
     # A dead server makes the client retry for minutes by default: keep failures fast.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
+    # From the host, downloads go through the server's proxy: its presigned S3 URLs name
+    # http://s3:8333, which resolves inside the stack's networks only.
+    os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] = "false"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=f"http://127.0.0.1:{env().get('MLFLOW_PORT') or 5000}")
@@ -198,6 +201,18 @@ def test_mlflow_run_with_artifact_lands_in_the_bucket(state, tmp_path):
     body = s3_client().get_object(Bucket=bucket, Key=matching[0])["Body"].read().decode()
     assert body == f"hello from {run_id}\n"
     state["run_id"] = run_id
+
+    if serving_enabled():
+        # Inside the stack the client's defaults apply (presigned download straight from s3).
+        read_back = (
+            "import sys, tempfile; from mlflow.tracking import MlflowClient\n"
+            "path = MlflowClient('http://mlflow:5000').download_artifacts("
+            "sys.argv[1], 'notes/hello.txt', tempfile.mkdtemp())\n"
+            "print(open(path).read().strip())\n"
+        )
+        out = stack("compose", "exec", "-T", "-e", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1",
+                    "serving", "python", "-c", read_back, run_id, timeout=120).stdout
+        assert out.strip().splitlines()[-1] == f"hello from {run_id}"
 
 
 def test_socket_proxy_allows_task_api_and_refuses_the_rest(state):
