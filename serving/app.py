@@ -258,11 +258,7 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
             return _error(exc)
         idx, proba = model.predict_indices(records)
         classes = model.classes
-        counts: dict[int, int] = {}
-        for i in idx:
-            counts[i] = counts.get(i, 0) + 1
-        for i, n in counts.items():
-            metrics.predictions.labels(model.version, class_keys[i]).inc(n)
+        metrics.count_predictions(model.version, class_keys, idx)
         predictions = [
             {"label": classes[i], "probabilities": dict(zip(class_keys, p, strict=True))}
             for i, p in zip(idx, proba.tolist(), strict=True)
@@ -310,8 +306,7 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
             return _error(exc)
         idx, _ = model.predict_indices(records)
         classes = model.classes
-        for i in idx:
-            metrics.predictions.labels(model.version, class_keys[i]).inc()
+        metrics.count_predictions(model.version, class_keys, idx)
         return _json({"predictions": [classes[i] for i in idx]})
 
     def openapi() -> dict[str, Any]:

@@ -15,6 +15,7 @@ at every load.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,14 @@ import numpy as np
 
 FORMAT_VERSION = 1
 PARITY_ATOL = 1e-8
+SMALL_BATCH = 8  # up to this many records, the plain-Python path is faster than numpy
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 class FastPathError(ValueError):
@@ -56,6 +65,18 @@ class LinearFastPath:
         self.cat_tables = [np.asarray(t, dtype=np.float64) for t in cat_tables]
         self._lookups = [{v: i for i, v in enumerate(cats)} for cats in self.cat_categories]
         self.binary = self.intercept.shape[0] == 1
+        # Plain-Python copies for a few records, where numpy's per-call overhead dominates.
+        self._py_intercept = self.intercept.tolist()
+        self._py_num = [
+            (c, float(f), w)
+            for c, f, w in zip(self.num_cols, self.num_fill, self.num_weights.tolist(), strict=True)
+        ]
+        self._py_cat = [
+            (c, f, {v: table[i].tolist() for v, i in lookup.items()})
+            for c, f, lookup, table in zip(
+                self.cat_cols, self.cat_fill, self._lookups, self.cat_tables, strict=True
+            )
+        ]
         if self.binary and len(self.classes) != 2:
             raise FastPathError("a single decision column needs exactly two classes")
         if not self.binary and self.intercept.shape[0] != len(self.classes):
@@ -77,12 +98,51 @@ class LinearFastPath:
         for col, fill, lookup, table in zip(
             self.cat_cols, self.cat_fill, self._lookups, self.cat_tables, strict=True
         ):
-            idx = [lookup.get(fill if (v := r[col]) is None else v, -1) for r in records]
+            # None (or a NaN from a pandas-made example) is missing: the imputer's fill value
+            idx = [lookup.get(fill if (v := r[col]) is None or v != v else v, -1) for r in records]
             z += table[idx]
         return z
 
+    def decision_rows(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """`decision` in plain Python, row by row (same math, faster for a handful of rows)."""
+        return np.array(self._rows(records), dtype=np.float64).reshape(len(records), -1)
+
+    def _rows(self, records: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+        out = []
+        n_out = len(self._py_intercept)
+        for r in records:
+            z = list(self._py_intercept)
+            for col, fill, w in self._py_num:
+                v = r[col]
+                if v is None or v != v:
+                    v = fill
+                for k in range(n_out):
+                    z[k] += w[k] * v
+            for col, fill, lut in self._py_cat:
+                v = r[col]
+                w = lut.get(fill if v is None or v != v else v)
+                if w is not None:
+                    for k in range(n_out):
+                        z[k] += w[k]
+            out.append(z)
+        return out
+
     def predict_proba(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        z = self.decision(records)
+        if len(records) > SMALL_BATCH:
+            return self._proba(self.decision(records))
+        rows = []
+        for z in self._rows(records):
+            if self.binary:
+                p1 = _sigmoid(z[0])
+                rows.append([1.0 - p1, p1])
+            else:
+                top = max(z)
+                e = [math.exp(v - top) for v in z]
+                total = sum(e)
+                rows.append([v / total for v in e])
+        return np.array(rows, dtype=np.float64)
+
+    def _proba(self, z: np.ndarray) -> np.ndarray:
         if self.binary:
             p1 = np.exp(-np.logaddexp(0.0, -z[:, 0]))  # sigmoid, no overflow
             return np.column_stack([1.0 - p1, p1])
@@ -154,11 +214,16 @@ class LinearFastPath:
     def verify(self, records: list[dict[str, Any]], expected: np.ndarray) -> None:
         if not records:
             raise FastPathError("no reference records to check the compiled model against")
-        got = self.predict_proba(records)
-        if got.shape != expected.shape:
-            raise FastPathError(f"parity check: shape {got.shape} != sklearn's {expected.shape}")
-        worst = float(np.max(np.abs(got - expected)))
-        if not worst <= PARITY_ATOL:
-            raise FastPathError(
-                f"parity check: max |p - p_sklearn| = {worst:.3g} > {PARITY_ATOL:g}"
-            )
+        # both code paths: vectorised (batches) and row by row (a few records)
+        small = [self.predict_proba(records[i : i + 1]) for i in range(len(records))]
+        for path, got in (
+            ("batch", self._proba(self.decision(records))),
+            ("row", np.vstack(small)),
+        ):
+            if got.shape != expected.shape:
+                raise FastPathError(f"parity check ({path}): shape {got.shape} != {expected.shape}")
+            worst = float(np.max(np.abs(got - expected)))
+            if not worst <= PARITY_ATOL:
+                raise FastPathError(
+                    f"parity check ({path}): max |p - p_sklearn| = {worst:.3g} > {PARITY_ATOL:g}"
+                )

@@ -55,6 +55,17 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="max",
         )
+        self._by_class: dict[tuple[str, int], Any] = {}
+
+    def count_predictions(self, version: str, labels: list[str], idx: list[int]) -> None:
+        counts: dict[int, int] = {}
+        for i in idx:
+            counts[i] = counts.get(i, 0) + 1
+        for i, n in counts.items():
+            child = self._by_class.get((version, i))
+            if child is None:
+                child = self._by_class[(version, i)] = self.predictions.labels(version, labels[i])
+            child.inc(n)
 
     def expose(self) -> tuple[bytes, str]:
         path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -68,6 +79,7 @@ class Metrics:
 
     def middleware(self, app: Any) -> Any:
         endpoints, requests, latency = self.endpoints, self.requests, self.latency
+        cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, by request
 
         async def asgi(scope: dict, receive: Any, send: Any) -> None:
             if scope["type"] != "http":
@@ -85,10 +97,18 @@ class Metrics:
             try:
                 await app(scope, receive, send_status)
             finally:
-                path = scope["path"]
-                endpoint = path if path in endpoints else "other"
-                code = str(status)
-                requests.labels(endpoint, scope["method"], code).inc()
-                latency.labels(endpoint, code).observe(time.perf_counter() - start)
+                path, method = scope["path"], scope["method"]
+                children = cache.get((path, method, status))
+                if children is None:
+                    endpoint = path if path in endpoints else "other"
+                    code = str(status)
+                    children = (
+                        requests.labels(endpoint, method, code),
+                        latency.labels(endpoint, code),
+                    )
+                    if path in endpoints:  # bounded: known paths x methods x statuses
+                        cache[(path, method, status)] = children
+                children[0].inc()
+                children[1].observe(time.perf_counter() - start)
 
         return asgi
