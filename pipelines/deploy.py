@@ -136,7 +136,8 @@ def container_for_host(client, host: str, network: str):
 
 
 def container_name(prefix: str, image_tag: str, image_id: str) -> str:
-    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", image_tag.rsplit("/", 1)[-1].replace(":", "-"))
+    last = image_tag.rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", last.split(":", 1)[-1])  # the tag: <name>-v<version>
     return f"{prefix}-{slug}-{image_id.split(':')[-1][:12]}"
 
 
