@@ -91,18 +91,19 @@ prepare_env() {
   mkdir -p "$ROOT/dags"
 }
 
-# Services that are not (yet) healthy, or one-shot services that failed: "name state health exit".
+# Services that are not (yet) healthy, or one-shot services that failed: "name|state|health|exit".
 unhealthy_services() {
-  compose ps -a --format '{{.Service}} {{.State}} {{.Health}} {{.ExitCode}}' 2>/dev/null \
-    | awk '!($2 == "running" && ($3 == "healthy" || $3 == "")) && !($2 == "exited" && $4 == "0")'
+  compose ps -a --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}' 2>/dev/null \
+    | awk -F'|' '!($2 == "running" && ($3 == "healthy" || $3 == "")) && !($2 == "exited" && $4 == "0")'
 }
 
 show_failure() {
   local lines
   lines=$(unhealthy_services)
-  [ -n "$lines" ] || lines=$(compose ps -a --format '{{.Service}} {{.State}} {{.Health}} {{.ExitCode}}')
-  while read -r service state health code; do
+  [ -n "$lines" ] || lines=$(compose ps -a --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}')
+  while IFS='|' read -r service state health code; do
     [ -n "$service" ] || continue
+    [ "$state" = exited ] || code=""
     say "service '$service' is $state${health:+ ($health)}${code:+, exit code $code}; its last log lines:"
     compose logs --no-color --tail 40 "$service" 2>&1 | sed 's/^/    /' >&2
   done <<<"$lines"
@@ -139,7 +140,7 @@ cmd_up() {
   local start=$SECONDS
   say "starting the stack (waiting up to ${UP_TIMEOUT}s for every service to be healthy)"
   if ! compose up -d --wait --wait-timeout "$UP_TIMEOUT" --remove-orphans; then
-    say "the stack did not become healthy within ${UP_TIMEOUT}s"
+    say "the stack did not become healthy (waited at most ${UP_TIMEOUT}s)"
     show_failure
     exit 1
   fi
