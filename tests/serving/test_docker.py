@@ -43,6 +43,11 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def logs(cid: str) -> str:
+    proc = subprocess.run([DOCKER, "logs", cid], capture_output=True, text=True, timeout=30)
+    return proc.stdout + proc.stderr
+
+
 def cleanup() -> None:
     ids = docker("ps", "-aq", "--filter", f"label={LABEL}", check=False).split()
     if ids:
@@ -112,9 +117,9 @@ def wait_health(cid: str, want: str, timeout: float = 90) -> None:
         status = docker("inspect", "-f", "{{.State.Health.Status}}", cid)
         if status == want:
             return
-        assert docker("inspect", "-f", "{{.State.Running}}", cid) == "true", docker("logs", cid)
+        assert docker("inspect", "-f", "{{.State.Running}}", cid) == "true", logs(cid)
         time.sleep(0.5)
-    raise AssertionError(f"health {status!r} != {want!r} after {timeout}s: {docker('logs', cid)}")
+    raise AssertionError(f"health {status!r} != {want!r} after {timeout}s: {logs(cid)}")
 
 
 def test_image_is_hardened_and_labelled(model_image):
@@ -186,14 +191,14 @@ def test_serves_read_only_and_stops_gracefully_under_load(model_image, reference
     for t in threads:
         t.join(timeout=15)
     exit_code = docker("wait", cid, timeout=30)
-    logs = docker("logs", cid)
+    output = logs(cid)
     after = [code for code, at in results if at > signalled]
     failures = [code for code, _ in results if code != 200]
-    assert not_ready_after is not None, f"/ready never said 503 after SIGTERM: {logs[-2000:]}"
+    assert not_ready_after is not None, f"/ready never said 503 after SIGTERM: {output[-2000:]}"
     assert failures == [], f"{len(failures)} failed requests: {failures[:5]}"
     assert len(results) > 50 and after, "no load around the signal"
-    assert exit_code == "0", logs[-2000:]
-    assert "reporting not-ready" in logs
+    assert exit_code == "0", output[-2000:]
+    assert "reporting not-ready" in output
 
 
 def test_unloadable_model_stays_up_not_ready_with_the_reason(serving_image):
@@ -211,5 +216,5 @@ def test_unloadable_model_stays_up_not_ready_with_the_reason(serving_image):
     assert requests.get(f"{base}/health", timeout=2).status_code == 200
     wait_health(cid, "unhealthy", timeout=30)
     assert docker("inspect", "-f", "{{.State.Running}} {{.RestartCount}}", cid) == "true 0"
-    assert "NOT READY" in docker("logs", cid)
+    assert "NOT READY" in logs(cid)
     docker("rm", "-f", cid)
