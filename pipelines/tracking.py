@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipelines.common import PipelineError
+
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
 # Types outside skops' default allow-list that the pipeline's estimators reference.
@@ -29,10 +31,14 @@ def configure(root: Path, experiment: str | None = None) -> str | None:
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    client = mlflow.MlflowClient()
+    try:
+        found = client.get_experiment_by_name(experiment or "Default")
+    except Exception as exc:  # unreachable server, bad URI, unreadable store
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(f"MLflow tracking store {uri} is unusable: {detail}") from exc
     if not experiment:
         return None
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
     else:

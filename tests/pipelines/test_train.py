@@ -52,3 +52,18 @@ def test_unknown_hyperparameter_is_bad_input(ml_params):
     ml_params["train"]["hyperparameters"]["logistic_regression"]["depth"] = 3
     with pytest.raises(PipelineError, match="train.hyperparameters.logistic_regression"):
         build_pipeline(ml_params)
+
+
+def test_unreachable_tracking_server_is_a_one_line_error(ml_root, monkeypatch):
+    import mlflow
+
+    from pipelines import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    try:
+        with pytest.raises(PipelineError, match="127.0.0.1:9 is unusable") as err:
+            tracking.configure(ml_root, "conveyor")
+        assert "\n" not in str(err.value)
+    finally:
+        mlflow.set_tracking_uri(None)
