@@ -13,7 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from serving.metrics import Metrics
 from serving.model import LoadedModel
@@ -137,29 +136,6 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json({"detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
 
-    async def read_json_body(request: Request) -> bytes:
-        ctype = request.headers.get("content-type")
-        if ctype is not None:
-            base = ctype.split(";", 1)[0].strip().lower()
-            if base != JSON and not base.endswith("+json"):
-                raise RequestError(415, f"Content-Type {base or 'empty'!r} is not {JSON}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"body of {declared} bytes is over the limit of {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise RequestError(413, f"body is over the limit of {limit} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise RequestError(400, "client disconnected before sending the body") from None
-        if not size:
-            raise RequestError(400, "empty body: expected JSON")
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     def no_model() -> Response:
         return _json({"detail": f"no model loaded: {state.error or 'shutting down'}"}, 503)
 
@@ -242,20 +218,11 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
         **_error_responses(400, 413, 415, 422, 503),
     }
 
-    @app.post(
-        "/predict",
-        tags=["model"],
-        summary="Predict one record (object) or a batch (list of records)",
-        openapi_extra={"requestBody": predict_body},
-        responses=predict_response,
-    )
-    async def predict(request: Request) -> Response:
+    # -- prediction handlers: bytes in, (status, bytes) out, run by the PredictionLane --
+    def predict(body: bytes) -> tuple[int, bytes]:
         if model is None or schema is None:
-            return no_model()
-        try:
-            records = schema.parse_predict(await read_json_body(request))
-        except RequestError as exc:
-            return _error(exc)
+            return no_model_bytes()
+        records = schema.parse_predict(body)
         idx, proba = model.predict_indices(records)
         classes = model.classes
         metrics.count_predictions(model.version, class_keys, idx)
@@ -263,21 +230,34 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
             {"label": classes[i], "probabilities": dict(zip(class_keys, p, strict=True))}
             for i, p in zip(idx, proba.tolist(), strict=True)
         ]
-        return _json(
-            {"model_name": model.name, "model_version": model.version, "predictions": predictions}
-        )
+        out = {"model_name": model.name, "model_version": model.version, "predictions": predictions}
+        return 200, orjson.dumps(out)
 
-    @app.post(
-        "/invocations",
-        tags=["model"],
-        summary="MLflow scoring-server compatible: dataframe_split, dataframe_records, inputs",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {JSON: {"schema": {"$ref": "#/components/schemas/MlflowRequest"}}},
-            }
+    def invocations(body: bytes) -> tuple[int, bytes]:
+        if model is None or schema is None:
+            return no_model_bytes()
+        try:
+            doc = pydantic_core.from_json(body, allow_inf_nan=True)
+        except ValueError as exc:
+            raise RequestError(400, f"body is not valid JSON: {exc}") from None
+        records = schema.parse_mlflow(doc)
+        idx, _ = model.predict_indices(records)
+        metrics.count_predictions(model.version, class_keys, idx)
+        return 200, orjson.dumps({"predictions": [model.classes[i] for i in idx]})
+
+    def no_model_bytes() -> tuple[int, bytes]:
+        return 503, orjson.dumps({"detail": f"no model loaded: {state.error or 'shutting down'}"})
+
+    invocations_doc = {
+        "tags": ["model"],
+        "summary": "MLflow scoring-server compatible: dataframe_split, dataframe_records, inputs",
+        "description": "NaN means a missing value here, as in MLflow's server.",
+        "operationId": "invocations",
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/MlflowRequest"}}},
         },
-        responses={
+        "responses": {
             200: {
                 "description": "MLflow's response shape: predicted classes",
                 "content": {
@@ -291,23 +271,14 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
             },
             **_error_responses(400, 413, 415, 422, 503),
         },
-    )
-    async def invocations(request: Request) -> Response:
-        if model is None or schema is None:
-            return no_model()
-        try:
-            body = await read_json_body(request)
-            try:
-                doc = pydantic_core.from_json(body, allow_inf_nan=True)
-            except ValueError as exc:
-                raise RequestError(400, f"body is not valid JSON: {exc}") from None
-            records = schema.parse_mlflow(doc)
-        except RequestError as exc:
-            return _error(exc)
-        idx, _ = model.predict_indices(records)
-        classes = model.classes
-        metrics.count_predictions(model.version, class_keys, idx)
-        return _json({"predictions": [classes[i] for i in idx]})
+    }
+    predict_doc = {
+        "tags": ["model"],
+        "summary": "Predict one record (object) or a batch (list of records)",
+        "operationId": "predict",
+        "requestBody": predict_body,
+        "responses": predict_response,
+    }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -315,6 +286,9 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        for path, item in (("/predict", predict_doc), ("/invocations", invocations_doc)):
+            responses = {str(code): r for code, r in item["responses"].items()}
+            doc.setdefault("paths", {})[path] = {"post": {**item, "responses": responses}}
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         components["Record"] = schema.json_schema() if schema else {"type": "object"}
         components["Error"] = ERROR_SCHEMA
@@ -362,8 +336,72 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    lane = {"/predict": predict, "/invocations": invocations}
+    app.add_middleware(PredictionLane, handlers=lane, limit=limit)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)  # outermost: sees every response
     return app
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class PredictionLane:
+    """Raw ASGI for POST /predict and /invocations: the prediction hot path skips FastAPI's
+    router, Request objects and exception middleware (they cost more than the prediction).
+    Everything else goes on to the FastAPI app. Documented in the OpenAPI schema by create_app.
+    """
+
+    def __init__(self, app: Any, handlers: dict[str, Any], limit: int) -> None:
+        self.app = app
+        self.handlers = handlers
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"content-type", JSON.encode())]
+        if scope["method"] != "POST":
+            status, body = 405, b'{"detail":"Method Not Allowed: use POST"}'
+            headers.append((b"allow", b"POST"))
+        else:
+            try:
+                status, body = handler(await self._body(scope, receive))
+            except RequestError as exc:
+                status, body = exc.status, _error(exc).body
+            except _ClientGone:
+                return
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _body(self, scope: dict, receive: Any) -> bytes:
+        limit = self.limit
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                base = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+                if base != JSON and not base.endswith("+json"):
+                    raise RequestError(415, f"Content-Type {base or 'empty'!r} is not {JSON}")
+            elif key == b"content-length" and value.isdigit() and int(value) > limit:
+                raise RequestError(413, f"body of {int(value)} bytes is over the limit of {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if not size:
+            raise RequestError(400, "empty body: expected JSON")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _MetricsMiddleware:

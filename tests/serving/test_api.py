@@ -264,6 +264,15 @@ def test_not_json(client, content, ctype, status, needle):
         assert_client_error(client.post(path, content=content, headers=headers), status, needle)
 
 
+def test_prediction_endpoints_only_take_post(client):
+    for path in ("/predict", "/invocations"):
+        resp = client.get(path)
+        assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    doc = client.get("/openapi.json").json()
+    assert set(doc["paths"]["/predict"]) == {"post"}
+    assert doc["paths"]["/predict"]["post"]["responses"]["413"]["description"]
+
+
 def test_no_model_is_503_and_not_ready():
     app = create_app(SETTINGS, ServingState(error="no MLflow model in /app/model"))
     client = TestClient(app)
