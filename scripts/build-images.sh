@@ -107,7 +107,8 @@ build_one() { # name dockerfile
     grep -Eq "^ARG ${var}(=|$)" "$dockerfile" && args+=(--build-arg "$var=${!var}")
   done
   say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
-  local start=$SECONDS
+  local start=$SECONDS dangling_before
+  dangling_before=$("$DOCKER" images -q --no-trunc -f dangling=true | sort)
   if ! "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
     --label "org.opencontainers.image.title=conveyor-$name" \
     --label "org.opencontainers.image.source=$SOURCE_URL" \
@@ -119,6 +120,12 @@ build_one() { # name dockerfile
     say "building $ref failed (see above)"
     [ -n "${EXTRA_CA_CERTS:-}" ] || say "TLS errors (CERTIFICATE_VERIFY_FAILED)? Behind a TLS-inspecting proxy set EXTRA_CA_CERTS=/path/to/ca-bundle.pem"
     return 1
+  fi
+  if [ "$DOCKER_BUILDKIT" = 0 ]; then
+    # The classic builder leaves each builder stage behind as a dangling image, extra CA
+    # included: remove the ones this build left.
+    comm -13 <(echo "$dangling_before") <("$DOCKER" images -q --no-trunc -f dangling=true | sort) \
+      | xargs -r "$DOCKER" rmi >/dev/null 2>&1 || true
   fi
   say "built $ref in $((SECONDS - start))s"
   echo "$ref"

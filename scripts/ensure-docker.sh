@@ -13,7 +13,16 @@ say() { echo "ensure-docker: $*" >&2; }
 answers() { [ -x "$DOCKER" ] && timeout 10 "$DOCKER" info >/dev/null 2>&1; }
 
 if answers; then
-  command -v debootstrap >/dev/null 2>&1 || say "note: debootstrap missing (needed only for base-image stand-ins)"
+  # The base-image stand-ins need debootstrap: install it too where we can.
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing debootstrap (for the base-image stand-ins)"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    else
+      say "note: debootstrap missing (needed only for base-image stand-ins)"
+    fi
+  fi
   exit 0
 fi
 
