@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -202,6 +203,10 @@ def main() -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="conveyor-metrics-")
     app, state = build(settings)
     config = _uvicorn_config(app, settings)
+    # Start-up objects live as long as the process: keep them out of every future collection
+    # (and out of copy-on-write faults in forked workers), then collect as usual.
+    gc.freeze()
+    gc.enable()
     if settings.workers == 1:
         GracefulServer(config, state, settings.drain_seconds).run()
         return 0
