@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -200,7 +201,11 @@ def main() -> int:
     )
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus_client is imported: every worker writes its metrics there
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        try:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        except OSError as exc:
+            log.error("no writable temp dir for multi-process metrics (%s): 1 worker", exc)
+            settings = dataclasses.replace(settings, workers=1)
     app, state = build(settings)
     config = _uvicorn_config(app, settings)
     # Start-up objects live as long as the process: keep them out of every future collection

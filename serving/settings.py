@@ -7,22 +7,22 @@ import os
 from dataclasses import dataclass
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
     """CPUs this process may really use: affinity mask and cgroup CPU quota, not the host count."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = _cgroup_cpu_quota(cgroup_root)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)
 
 
-def _cgroup_cpu_quota() -> float | None:
+def _cgroup_cpu_quota(root: str) -> float | None:
     # cgroup v2: "max 100000" or "150000 100000"
     try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:
+        with open(os.path.join(root, "cpu.max")) as fh:
             quota, period = fh.read().split()[:2]
         if quota != "max":
             return int(quota) / int(period)
@@ -31,9 +31,9 @@ def _cgroup_cpu_quota() -> float | None:
         pass
     # cgroup v1
     try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as fh:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
             quota_us = int(fh.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as fh:
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
             period_us = int(fh.read())
         if quota_us > 0 and period_us > 0:
             return quota_us / period_us
