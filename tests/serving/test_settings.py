@@ -13,7 +13,8 @@ pytestmark = pytest.mark.unit
 
 def test_defaults_and_overrides():
     s = Settings.from_env({})
-    assert (s.model_dir, s.model_name, s.port, s.fast_path) == ("/app/model", "conveyor", 8000, True)
+    assert (s.model_dir, s.model_name, s.port) == ("/app/model", "conveyor", 8000)
+    assert s.fast_path and s.max_batch_size == 5000
     assert s.workers == available_cpus()
     s = Settings.from_env(
         {"WEB_CONCURRENCY": "3", "MAX_BATCH_SIZE": "10", "FAST_PATH": "off", "MODEL_VERSION": "4"}
