@@ -105,6 +105,17 @@ def _last_line(logs) -> str:
     return (reasons or lines or [""])[-1]
 
 
+def _last_json(lines: list, task_id: str) -> dict:
+    """The command's summary: its last output line that is a JSON object."""
+    for line in reversed([str(x).strip() for x in lines if x]):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise AirflowFailException(f"{task_id}: the command printed no JSON summary line")
+
+
 class ConveyorDockerOperator(DockerOperator):
     """DockerOperator with Conveyor's defaults.
 
@@ -114,7 +125,7 @@ class ConveyorDockerOperator(DockerOperator):
       task and run before starting (a scheduler that died mid-task leaves one running);
     - credentials read from the worker's environment at run time into `private_environment`;
     - exit codes 2 and 4 fail without retry; a skip shows the command's last line as reason;
-    - `json_xcom=True`: the last stdout line is parsed as JSON, the XCom is an object.
+    - `json_xcom=True`: the last output line that is a JSON object becomes the XCom (a dict).
     """
 
     def __init__(self, *, json_xcom: bool = False, extra_env: dict | None = None,
@@ -123,6 +134,7 @@ class ConveyorDockerOperator(DockerOperator):
         env.update(extra_env or {})
         kwargs.setdefault("image", train_image() or "TRAIN_IMAGE-is-not-set")
         kwargs.setdefault("do_xcom_push", json_xcom)
+        kwargs.setdefault("xcom_all", json_xcom)  # all lines: the JSON one is picked in execute
         for key, value in RETRY_ARGS.items():
             kwargs.setdefault(key, value)
         super().__init__(
@@ -174,10 +186,6 @@ class ConveyorDockerOperator(DockerOperator):
                     f"{self.task_id} failed (exit {code}, not retried): {_last_line(exc.logs)}"
                 ) from exc
             raise
-        if self.json_xcom and result:
-            try:
-                return json.loads(result)
-            except json.JSONDecodeError as exc:
-                raise AirflowFailException(
-                    f"{self.task_id}: last output line is not JSON: {result[:200]}") from exc
+        if self.json_xcom:
+            return _last_json(result if isinstance(result, list) else [result], self.task_id)
         return result

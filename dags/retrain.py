@@ -169,6 +169,7 @@ with DAG(
                  "--label", "io.conveyor.run_id={{ run_id }}"],
         network=serving_network,
         mounts=[workspace_mount(), gateway_mount()],
+        json_xcom=True,
         extra_env={
             **docker_api,
             "SERVING_NETWORK": serving_network,
@@ -178,7 +179,8 @@ with DAG(
         doc_md="Start the new serving container, wait for `/ready` and a smoke prediction, "
                "switch the gateway's upstream (SIGHUP), let in-flight requests finish, stop the "
                "old container. Never ready: the new one is removed, the old one keeps serving, "
-               "the task fails with the reason (exit 4, not retried).",
+               "the task fails with the reason (exit 4, not retried). XCom: image, container, "
+               "model version, previous container, changed (false: that image was already live).",
     )
 
     prepare >> ingest >> validate >> train >> evaluate >> dvc_push >> register

@@ -149,3 +149,7 @@ def test_operator_reads_exit_codes_and_reasons():
             b"Traceback-free log tail"]
     assert ops._last_line(logs) == "deploy: failed: new container not ready after 5 s"
     assert ops._last_line([b"only line"]) == "only line"
+    summary = ["deploy: ready", '{"changed": false}', "", "INFO: some trailing log line"]
+    assert ops._last_json(summary, "deploy") == {"changed": False}
+    with pytest.raises(ops.AirflowFailException, match="no JSON summary"):
+        ops._last_json(["{not json", "text"], "deploy")

@@ -9,7 +9,9 @@
 4. a bad batch: quarantined by validate, everything downstream skipped, serving unchanged;
 5. a deploy of an image that never becomes ready (`deploy_image`, the rollback/hotfix param,
    pointed at an image the test builds with a model directory that does not exist): the run
-   fails, the new container is gone, the old model keeps answering without a failed request.
+   fails, the new container is gone, the old model keeps answering without a failed request;
+6. a run re-run from `ingest` for the same date: no new model version, no rebuilt image, no
+   extra dataset file, the deploy a no-op.
 
 The stack is started with `scripts/stack.sh up` if it is not running (and stopped again at the
 end in that case). Every wait is bounded.
@@ -144,6 +146,15 @@ class Runs:
             return "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e)
                              for e in content)
         return str(content)
+
+    def rerun(self, run_id: str, from_task: str) -> dict:
+        """Clear `from_task` and everything after it in that run, wait for the run again."""
+        self.client.request("POST", f"/api/v2/dags/{DAG}/clearTaskInstances", {
+            "dry_run": False, "dag_run_id": run_id, "task_ids": [from_task],
+            "include_downstream": True, "only_failed": False, "reset_dag_runs": True})
+        run = self.client.wait_run(DAG, run_id, timeout=RUN_TIMEOUT, poll=5)
+        run["tasks"] = self.tasks(run_id)
+        return run
 
     def explain(self, run: dict) -> str:
         lines = [f"run {run['dag_run_id']}: {run['state']}"]
@@ -340,3 +351,47 @@ def test_an_image_that_never_becomes_ready_fails_the_run_and_the_old_model_serve
         for c in client.containers.list(all=True, filters={"ancestor": bad}):
             c.remove(force=True)
         client.images.remove(bad, force=True)
+
+
+def _model_versions(name: str) -> list[str]:
+    env = _env()
+    query = urllib.parse.urlencode({"filter": f"name='{name}'", "max_results": 1000})
+    data = _get(f"http://127.0.0.1:{env.get('MLFLOW_PORT') or 5000}"
+                f"/api/2.0/mlflow/model-versions/search?{query}")
+    return sorted(v["version"] for v in data.get("model_versions", []))
+
+
+def _dataset_files() -> list[str]:
+    """The versioned dataset on the workspace volume, read by a throwaway container."""
+    import docker
+
+    base = dict(line.split("=", 1) for line in
+                (ROOT / ".build/base-images.env").read_text().split() if "=" in line)
+    out = docker.from_env().containers.run(
+        base.get("DEBIAN_IMAGE", "debian:bookworm-slim"), ["ls", "/w/data/dataset"],
+        volumes={"conveyor-workspace": {"bind": "/w", "mode": "ro"}}, remove=True)
+    return sorted(out.decode().split())
+
+
+def test_rerunning_a_run_duplicates_no_data_model_version_or_image(runs, state):
+    run = runs.run("2026-03-06", {"min_improvement": -1.0}, "rerun")
+    assert run["state"] == "success", runs.explain(run)
+    registration = runs.xcom(run["dag_run_id"], "register")
+    build = runs.xcom(run["dag_run_id"], "build_serving_image")
+    name = registration["model_name"]
+    before = (_model_versions(name), _dataset_files())
+
+    # Everything from ingest on, once more, for the same logical date.
+    again = runs.rerun(run["dag_run_id"], "ingest")
+    assert again["state"] == "success", runs.explain(again)
+    assert again["tasks"]["ingest"]["try_number"] == 2
+    registration2 = runs.xcom(run["dag_run_id"], "register")
+    build2 = runs.xcom(run["dag_run_id"], "build_serving_image")
+    deploy2 = runs.xcom(run["dag_run_id"], "deploy")
+    assert (registration2["version"], registration2["run_id"]) == (
+        registration["version"], registration["run_id"])
+    assert build2["reused"] is True and build2["image_id"] == build["image_id"]
+    assert deploy2["changed"] is False
+    assert (_model_versions(name), _dataset_files()) == before
+    assert "2026-03-06.parquet" in before[1]
+    assert str(_get(f"{_serving_url()}/metadata")["model_version"]) == registration["version"]
