@@ -26,7 +26,7 @@ lint: setup ## ruff over the code, hadolint over every Dockerfile
 	ruff check .
 	hadolint $$(git ls-files '*Dockerfile*')
 
-test: setup engine test-dags ## every test: unit, integration, docker and e2e
+test: setup engine images test-dags ## every test: unit, integration, docker and e2e
 	pytest
 
 # DAG integrity tests need apache-airflow (group `airflow`), kept out of the host venv: their own
