@@ -112,10 +112,7 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
     app.state.metrics = metrics
 
     # -- error handlers: a client mistake is a 4xx with a one-line reason, never a 500 -----
-    @app.exception_handler(RequestError)
-    async def _request_error(_: Request, exc: RequestError) -> Response:
-        return _error(exc)
-
+    # (the prediction endpoints answer their own errors: see PredictionLane)
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         errors = [
@@ -137,7 +134,8 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
         return _json({"detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
 
     def no_model() -> Response:
-        return _json({"detail": f"no model loaded: {state.error or 'shutting down'}"}, 503)
+        status, body = no_model_bytes()
+        return Response(body, status_code=status, media_type=JSON)
 
     # -- routes --------------------------------------------------------------------------
     @app.get("/health", tags=["ops"], summary="Liveness: the process answers")

@@ -87,7 +87,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,
         server_header=False,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
+        timeout_graceful_shutdown=max(1, round(settings.graceful_timeout)),
         backlog=2048,
     )
 
