@@ -13,8 +13,8 @@
 6. a run re-run from `ingest` for the same date: no new model version, no rebuilt image, no
    extra dataset file, the deploy a no-op.
 
-The stack is started with `scripts/stack.sh up` if it is not running (and stopped again at the
-end in that case). Every wait is bounded.
+The stack is started from nothing (`scripts/stack.sh clean`, then `up`) if it is not running, and
+stopped again at the end in that case. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def stack():
     """The stack on the current images (`make images` + `stack.sh up` are idempotent: only
     changed services are recreated); stopped at the end only if this test started it."""
     was_up = _airflow_up()
+    if not was_up:
+        # Volumes left by an earlier stack hold databases keyed to that stack's `.env`
+        # secrets (a fresh clone generates new ones): start from nothing, as tests/stack does.
+        _stack("clean", timeout=300)
     subprocess.run(["make", "-s", "images"], cwd=ROOT, check=True, timeout=1800)
     proc = _stack("up", timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
