@@ -28,6 +28,11 @@ die() { say "error: $*"; exit 1; }
 # ---------------------------------------------------------------- .env with generated secrets
 ensure_env() {
   [ -f "$ENV_FILE" ] && return
+  # New secrets cannot open an earlier stack's databases: its volumes keep the old passwords.
+  if "$DOCKER" volume inspect conveyor-postgres-data >/dev/null 2>&1; then
+    die "no .env, but an earlier stack's volumes exist (conveyor-postgres-data): its databases keep \
+that stack's passwords. Restore that .env, or delete the old data with 'make clean'."
+  fi
   say "creating .env from .env.example with generated secrets"
   local py=python3
   [ -x "$ROOT/.venv/bin/python" ] && py="$ROOT/.venv/bin/python"
@@ -171,9 +176,20 @@ case "$cmd" in
   up) cmd_up ;;
   down) prepare_env; remove_task_containers; compose down --remove-orphans "$@" ;;
   clean)
-    prepare_env
     remove_task_containers
-    compose --profile serving down --volumes --remove-orphans "$@"
+    if [ -f "$ENV_FILE" ]; then
+      prepare_env
+      compose --profile serving down --volumes --remove-orphans "$@"
+    else
+      # Without .env Compose cannot read the file: remove what it labelled as this project's.
+      project="${COMPOSE_PROJECT_NAME:-conveyor}"
+      for kind in container volume network; do
+        ids=$("$DOCKER" "$kind" ls -q --filter "label=com.docker.compose.project=$project" \
+              $([ "$kind" = container ] && echo -a))
+        # shellcheck disable=SC2086
+        [ -z "$ids" ] || "$DOCKER" "$kind" rm -f $ids >/dev/null 2>&1 || "$DOCKER" "$kind" rm $ids >/dev/null
+      done
+    fi
     # Declared volumes no service mounts (the tasks' workspace) are not removed by `down -v`.
     "$DOCKER" volume rm -f conveyor-workspace conveyor-gateway >/dev/null 2>&1 || true
     say "containers, networks and volumes removed (.env kept: delete it for new secrets)"
