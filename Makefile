@@ -6,7 +6,11 @@ SHELL := /bin/bash
 VENV        := .venv
 BIN         := $(VENV)/bin
 UV_GROUPS   := --group dev --group pipelines --group serving
+# uv lives in .build/tools (scripts/ensure-uv.sh installs it there); PATH is never relied on.
+UV          := $(CURDIR)/.build/tools/bin/uv
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# uv trusts the host's CA store (a TLS-inspecting proxy's CA is there), like pip and curl do.
+export UV_SYSTEM_CERTS ?= 1
 
 .PHONY: help setup pipeline test test-dags test-fast lint engine base-images images image-report bench
 
@@ -15,8 +19,8 @@ help: ## list the commands
 
 setup: $(VENV)/.synced ## create the host virtualenv from uv.lock
 $(VENV)/.synced: pyproject.toml uv.lock
-	@bash scripts/ensure-uv.sh
-	uv sync --frozen $(UV_GROUPS)
+	@bash scripts/ensure-uv.sh >/dev/null
+	$(UV) sync --frozen $(UV_GROUPS)
 	@touch $@
 
 pipeline: setup ## run the ML pipeline on this machine (dvc repro), no Docker needed
@@ -33,8 +37,8 @@ test: setup engine images test-dags ## every test: unit, integration, docker and
 # venv under .build/ (the host venv skips tests/dags with that reason).
 AIRFLOW_VENV := .build/venv-airflow
 test-dags: ## DAG integrity tests (tests/dags) in a venv with the airflow group
-	@bash scripts/ensure-uv.sh
-	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) uv sync --frozen --no-default-groups --group airflow --group dev
+	@bash scripts/ensure-uv.sh >/dev/null
+	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev
 	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/dags
 
 test-fast: setup ## the tests that need no Docker engine
