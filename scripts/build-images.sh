@@ -4,18 +4,23 @@
 # Each image gets an immutable content tag (hash of its Dockerfile, the files it COPYs and the
 # base images it is built on) and OCI labels; an image whose tag exists is not rebuilt
 # (FORCE_BUILD=1 rebuilds). Base image names come from .build/base-images.env (make base-images).
-# EXTRA_CA_CERTS=/path/bundle.pem is copied to .build/ca/extra-ca.pem for the builder stages.
+# Builds trust what the host trusts: the host's CA bundle (or EXTRA_CA_CERTS=/path/bundle.pem;
+# EXTRA_CA_CERTS=none: no extra CA) is copied to .build/ca/extra-ca.pem for the shared builder
+# image (docker/builder), which every Python image uses as its builder stage only.
 # Writes the resolved names to .build/images.env (TRAIN_IMAGE=..., SERVING_IMAGE=..., ...).
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 DOCKER="${DOCKER:-/usr/bin/docker}"
-UV_VERSION="${UV_VERSION:-0.13.9}"   # the uv every image installs (ARG UV_VERSION)
+# The uv every image installs (ARG UV_VERSION): uv's own pin in pyproject.toml.
+UV_VERSION=$(sed -n 's/^required-version *= *"==\([0-9.]*\)"/\1/p' pyproject.toml)
 SOURCE_URL="${SOURCE_URL:-https://github.com/conveyor/conveyor}"
 
 # name | Dockerfile | env var in .build/images.env   (context: the repository root)
+# `builder` comes first: the others are built FROM it (BUILDER_IMAGE).
 IMAGES=(
+  "builder|docker/builder/Dockerfile|BUILDER_IMAGE"
   "train|pipelines/Dockerfile|TRAIN_IMAGE"
   "serving|serving/Dockerfile|SERVING_IMAGE"
   "airflow|airflow/Dockerfile|AIRFLOW_IMAGE"
@@ -47,11 +52,19 @@ flock -w 3600 9 || { say "another build-images.sh still holds .build/images.lock
 # shellcheck disable=SC1091
 . .build/base-images.env
 
-# Extra CA certificates, for the builder stages only (never committed: .build/ is ignored).
+# Extra CA certificates, for the builder image only (never committed: .build/ is ignored).
+# Unset: the host's own bundle, so that builds trust what the host trusts.
+host_bundle() {
+  local f
+  for f in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/cert.pem; do
+    [ -r "$f" ] && { echo "$f"; return; }
+  done
+}
+extra_ca=${EXTRA_CA_CERTS:-$(host_bundle)}
 mkdir -p .build/ca && touch .build/ca/.keep
-if [ -n "${EXTRA_CA_CERTS:-}" ]; then
-  [ -r "$EXTRA_CA_CERTS" ] || { say "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a readable file"; exit 1; }
-  cmp -s "$EXTRA_CA_CERTS" .build/ca/extra-ca.pem 2>/dev/null || cp "$EXTRA_CA_CERTS" .build/ca/extra-ca.pem
+if [ -n "$extra_ca" ] && [ "$extra_ca" != none ]; then
+  [ -r "$extra_ca" ] || { say "EXTRA_CA_CERTS=$extra_ca is not a readable file"; exit 1; }
+  cmp -s "$extra_ca" .build/ca/extra-ca.pem 2>/dev/null || cp "$extra_ca" .build/ca/extra-ca.pem
 else
   rm -f .build/ca/extra-ca.pem
 fi
@@ -65,17 +78,22 @@ copy_sources() {
        }' "$1"
 }
 
-# Content tag: Dockerfile + the context files it copies (tracked or new, not ignored, never the
-# CA) + the base images' IDs + the uv pin.
+# Content tag: Dockerfile + the context files it copies (tracked or new, not ignored; the CA
+# files by their hash) + the IDs of the images it can be built on + the uv pin.
 content_tag() {
-  local dockerfile=$1 paths
+  local dockerfile=$1 paths ignored
   mapfile -t paths < <(copy_sources "$dockerfile" | grep -v '^\.build/' | sed 's#/$##')
+  mapfile -t ignored < <(copy_sources "$dockerfile" | grep '^\.build/' | sed 's#/$##')
   {
     sha256sum "$dockerfile"
     if [ "${#paths[@]}" -gt 0 ]; then
       git ls-files -z -co --exclude-standard -- "${paths[@]}" | LC_ALL=C sort -z | xargs -0 -r sha256sum
     fi
-    for ref in "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$DEBIAN_IMAGE"; do
+    if [ "${#ignored[@]}" -gt 0 ]; then
+      find "${ignored[@]}" -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    fi
+    for ref in "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$DEBIAN_IMAGE" "${resolved[BUILDER_IMAGE]:-}"; do
+      [ -n "$ref" ] || continue
       "$DOCKER" image inspect -f '{{.Id}}' "$ref" 2>/dev/null || echo "$ref"
     done
     echo "uv=$UV_VERSION"
@@ -103,7 +121,8 @@ build_one() { # name dockerfile
   # Build args only for the ARGs the Dockerfile declares (no "not consumed" warnings).
   local GIT_COMMIT; GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   [ -z "$(git status --porcelain 2>/dev/null)" ] || GIT_COMMIT="$GIT_COMMIT-dirty"
-  for var in PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION GIT_COMMIT; do
+  local BUILDER_IMAGE=${resolved[BUILDER_IMAGE]:-}
+  for var in BUILDER_IMAGE PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION GIT_COMMIT; do
     grep -Eq "^ARG ${var}(=|$)" "$dockerfile" && args+=(--build-arg "$var=${!var}")
   done
   say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
@@ -118,7 +137,7 @@ build_one() { # name dockerfile
     --label "org.opencontainers.image.base.name=$(final_base "$dockerfile")" \
     . >&2; then
     say "building $ref failed (see above)"
-    [ -n "${EXTRA_CA_CERTS:-}" ] || say "TLS errors (CERTIFICATE_VERIFY_FAILED)? Behind a TLS-inspecting proxy set EXTRA_CA_CERTS=/path/to/ca-bundle.pem"
+    say "TLS errors (CERTIFICATE_VERIFY_FAILED)? Builds trust ${extra_ca:-no extra CA} (EXTRA_CA_CERTS): point it at your proxy's CA bundle"
     return 1
   fi
   if [ "$DOCKER_BUILDKIT" = 0 ]; then
@@ -135,7 +154,8 @@ wanted=("$@")
 for name in "${wanted[@]}"; do
   printf '%s\n' "${IMAGES[@]}" | grep -q "^$name|" || { say "unknown image '$name'"; exit 2; }
 done
-
+# The builder is always brought up to date first: the CA or the uv pin may have changed.
+[ "${#wanted[@]}" -eq 0 ] || wanted=(builder "${wanted[@]}")
 
 declare -A resolved=()
 if [ -s .build/images.env ]; then
