@@ -13,6 +13,8 @@ missing variable fails the DAG's import with a message naming it:
   CONVEYOR_GATEWAY_VOLUME      volume holding the gateway's upstream file
   CONVEYOR_GATEWAY_CONTAINER   gateway container name
   CONVEYOR_SERVING_CONTAINER_PREFIX, CONVEYOR_MODEL_IMAGE_REPOSITORY: names of what deploys make
+  CONVEYOR_TASK_MEMORY_LIMIT   memory limit of every task container (e.g. 2g); a task killed
+                               at it fails at once, saying so
   CONVEYOR_HOST_PROJECT_DIR    host path of the checkout (serving/model.Dockerfile is mounted
                                from it into build_serving_image)
   DOCKER_HOST                  Docker API (the socket proxy) for the provider and for the
@@ -34,6 +36,7 @@ import os
 import re
 from datetime import timedelta
 
+import docker.errors
 from airflow.providers.docker.exceptions import (
     DockerContainerFailedException,
     DockerContainerFailedSkipException,
@@ -165,6 +168,7 @@ class ConveyorDockerOperator(DockerOperator):
         kwargs.setdefault("xcom_all", json_xcom)  # all lines: the JSON one is picked in execute
         for key, value in RETRY_ARGS.items():
             kwargs.setdefault(key, value)
+        kwargs.setdefault("mem_limit", setting("CONVEYOR_TASK_MEMORY_LIMIT"))
         super().__init__(
             environment=env,
             mounts=mounts or [workspace_mount()],
@@ -259,6 +263,13 @@ class ConveyorDockerOperator(DockerOperator):
             raise AirflowSkipException(f"{self.task_id}: {_last_line(exc.logs)}") from exc
         except DockerContainerFailedException as exc:
             code = _exit_code(exc)
+            if self._out_of_memory():
+                # The kernel's OOM killer gives no message of its own: say which limit was hit.
+                raise AirflowFailException(
+                    f"{self.task_id} failed: out of memory, killed at the container's limit "
+                    f"{self.mem_limit} (CONVEYOR_TASK_MEMORY_LIMIT; not retried: it would fail "
+                    f"again). Last output: {_last_line(exc.logs)}"
+                ) from exc
             if code in FAIL_FAST_EXIT_CODES:
                 raise AirflowFailException(
                     f"{self.task_id} failed (exit {code}, not retried): {_last_line(exc.logs)}"
@@ -267,3 +278,11 @@ class ConveyorDockerOperator(DockerOperator):
         if self.json_xcom:
             return _last_json(result if isinstance(result, list) else [result], self.task_id)
         return result
+
+    def _out_of_memory(self) -> bool:
+        if not self.container:
+            return False
+        try:
+            return bool(self.cli.inspect_container(self.container["Id"])["State"]["OOMKilled"])
+        except docker.errors.NotFound:
+            return False
