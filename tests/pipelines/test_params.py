@@ -3,6 +3,7 @@ key, type or value is one line naming the key, exit code 2, from the editor and 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -167,3 +168,26 @@ def test_a_params_file_that_is_not_yaml_is_one_line(params_file, capsys):
     assert ingest_main(["--params", str(params_file)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not valid YAML" in err and "\n" not in err
+
+
+def _documented_keys() -> set[str]:
+    """The keys in the first column of the README's params table (`a.{b,c}` is a.b and a.c;
+    `a.<column>` documents the mapping a)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## The ML pipeline on a laptop")[1].split("\n## ")[0]
+    keys = set()
+    for row in re.findall(r"^\| (`[^|]+) \|", section, flags=re.M):
+        for key in re.findall(r"`([^`]+)`", row):
+            key = re.sub(r"\.<\w+>$", "", key)
+            prefix, _, names = key.partition("{")
+            keys |= {prefix + n for n in names.rstrip("}").split(",")} if names else {key}
+    return keys
+
+
+def test_the_readme_documents_every_key():
+    leaves = [
+        key
+        for key, field in _fields(Params)
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+    ]
+    assert sorted(set(leaves) - _documented_keys()) == []
