@@ -141,7 +141,7 @@ def register(params: Params, root: Path) -> dict[str, Any]:
     candidate = {
         "task": task,
         "score": candidate_score,
-        "schema_fingerprint": metadata.get("schema_fingerprint"),
+        "schema_fingerprint": metadata["schema_fingerprint"],
     }
 
     tracking.configure(root)
@@ -164,8 +164,8 @@ def register(params: Params, root: Path) -> dict[str, Any]:
     elif decision == "challenger":
         client.set_registered_model_alias(name, CHALLENGER, version.version)
     tags = {
-        "data_version": run.get("data_version", ""),
-        "git_commit": run.get("git_commit", ""),
+        "data_version": run["data_version"],
+        "git_commit": run["git_commit"],
         "task": task,
         "schema_fingerprint": candidate["schema_fingerprint"],
         f"holdout_{metric}": candidate_score,
@@ -194,8 +194,8 @@ def register(params: Params, root: Path) -> dict[str, Any]:
         "previous_champion_version": str(champion.version) if champion is not None else None,
         "champion_version": str(champion_after) if champion_after is not None else None,
         "holdout_rows": len(holdout),
-        "data_version": run.get("data_version"),
-        "git_commit": run.get("git_commit"),
+        "data_version": run["data_version"],
+        "git_commit": run["git_commit"],
     }
     atomic_write_json(root / REGISTRATION_FILE, report)
     return {"stage": "register", **report}
