@@ -60,13 +60,14 @@ def _blank(frame: pd.DataFrame, columns: list[str], seed: int) -> pd.DataFrame:
     return frame
 
 
-def _bundled(loader, target: str, seed: int, rows: int | None = None, labels=None):
-    """A bundled table with readable, awkward column names and a shuffled row order."""
+def _bundled(loader, target: str, seed: int, labels=None, shuffle: bool = True):
+    """A bundled table with readable, awkward column names (rows shuffled, or as shipped)."""
     bunch = loader(as_frame=True)
     frame = bunch.frame.rename(
         columns={"target": target, **{c: _spaced(c) for c in bunch.feature_names}}
     )
-    frame = frame.sample(n=rows or len(frame), random_state=seed).reset_index(drop=True)
+    if shuffle:
+        frame = frame.sample(frac=1, random_state=seed).reset_index(drop=True)
     if labels is not None:
         frame[target] = [labels[int(v)] for v in frame[target]]
     return frame, [_spaced(c) for c in bunch.feature_names]
@@ -94,9 +95,16 @@ def iris() -> Table:
 
 
 def wine() -> Table:
+    """As shipped, sorted by class, and no date: the random split must still see every class."""
     frame, numeric = _bundled(
-        datasets.load_wine, "cultivar (class)", 2, labels=["barolo", "grignolino", "barbera"]
+        datasets.load_wine,
+        "cultivar (class)",
+        2,
+        labels=["barolo", "grignolino", "barbera"],
+        shuffle=False,
     )
+    labels = frame["cultivar (class)"]
+    assert (labels != labels.shift()).sum() == 3  # three blocks: one per class
     return Table(
         _blank(frame, numeric, 2), {"target": "cultivar (class)", "numeric_features": numeric}
     )
