@@ -379,9 +379,10 @@ def _records(X: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _served_value(prediction: Any) -> float:
-    """A regression prediction as the server returns it (its record's value)."""
+    """A regression prediction as the server returns it: the number, or its record's value."""
     if isinstance(prediction, dict):
-        return float(prediction.get("value", prediction.get("prediction")))
+        key = next(k for k in ("value", "prediction", "label") if k in prediction)
+        return float(prediction[key])
     return float(prediction)
 
 
