@@ -90,6 +90,35 @@ def signature(X: pd.DataFrame, params: Params, predictions: Any):
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def model_metadata(
+    params: Params, task: str, pipeline: Any, lineage: dict[str, str]
+) -> dict[str, Any]:
+    """The MLmodel `metadata`: what the server and the gate read, lineage and the params."""
+    metadata: dict[str, Any] = {
+        "task": task,
+        "target": params.schema.target,
+        "features": {
+            "numeric": params.schema.numeric_features,
+            "categorical": params.schema.categorical_features,
+        },
+        "schema_fingerprint": model_schema(params, task)["fingerprint"],
+        "estimator": class_path(pipeline.named_steps["estimator"]),
+        "params": params.sections("ingest", "schema", "split", "train"),
+        **lineage,
+    }
+    if task == "classification":
+        metadata["classes"] = [_plain(c) for c in pipeline.classes_]
+    return metadata
+
+
+def logged_params(params: Params, task: str, estimator: Any):
+    """(key, value) MLflow params: ingest, split and train settings, the estimator's own."""
+    settings = _flatten("", params.sections("ingest", "split", "train"), {})
+    yield from ((k, v) for k, v in settings.items() if not k.startswith("train.hyperparameters."))
+    yield from _flatten("estimator", estimator.get_params(deep=False), {}).items()
+    yield "task", task
+
+
 def train(params: Params, root: Path) -> dict[str, Any]:
     import mlflow
 
@@ -115,36 +144,18 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         "git_commit": tracking.git_commit(root),
         "image": tracking.container_image(),
     }
-    described = model_schema(params, task)
-    metadata: dict[str, Any] = {
-        "task": task,
-        "target": name,
-        "features": {
-            "numeric": params.schema.numeric_features,
-            "categorical": params.schema.categorical_features,
-        },
-        "schema_fingerprint": described["fingerprint"],
-        "estimator": class_path(estimator),
-        "params": params.sections("ingest", "schema", "split", "train"),
-        **lineage,
+    metadata = model_metadata(params, task, pipeline, lineage)
+    model_files = {  # the same model to MLflow and to models/model/
+        "signature": signature(X, params, pipeline.predict(X.head(5))),
+        "input_example": X.head(5),
+        "metadata": metadata,
+        "pip_requirements": tracking.pip_requirements(),
+        "skops_trusted_types": tracking.trusted_types(pipeline),
     }
-    if task == "classification":
-        metadata["classes"] = [_plain(c) for c in pipeline.classes_]
-    logged_params = {
-        k: v
-        for k, v in _flatten("", params.sections("ingest", "split", "train"), {}).items()
-        if not k.startswith("train.hyperparameters.")
-    }
-    logged_params.update(_flatten("estimator", estimator.get_params(deep=False), {}))
-    logged_params["task"] = task
-    sample = X.head(5)
-    model_signature = signature(X, params, pipeline.predict(X.head(5)))
-    trusted = tracking.trusted_types(pipeline)
     experiment_id = tracking.configure(root, params.train.experiment)
 
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        run_id = run.info.run_id
-        metadata["run_id"] = run_id
+        run_id = metadata["run_id"] = run.info.run_id
         mlflow.set_tags(
             {
                 **lineage,
@@ -153,36 +164,19 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "conveyor.ingest_date": params.ingest.date.isoformat(),
             }
         )
-        mlflow.log_params({k: str(v)[:500] for k, v in logged_params.items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in logged_params(params, task, estimator)})
+        train_scores = score(pipeline, X, y, task)
         mlflow.log_metrics(
             {
                 "train_rows": len(train_df),
                 "holdout_rows": len(holdout_df),
-                **{
-                    f"train_{k}": v for k, v in score(pipeline, X, y, task).items() if v is not None
-                },
+                **{f"train_{k}": v for k, v in train_scores.items() if v is not None},
             }
         )
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=model_signature,
-            input_example=sample,
-            metadata=metadata,
-            pip_requirements=tracking.pip_requirements(),
-            skops_trusted_types=trusted,
-        )
+        info = mlflow.sklearn.log_model(pipeline, name="model", **model_files)
 
     def save(tmp: Path) -> None:
-        mlflow.sklearn.save_model(
-            pipeline,
-            str(tmp),
-            signature=model_signature,
-            input_example=sample,
-            metadata=metadata,
-            pip_requirements=tracking.pip_requirements(),
-            skops_trusted_types=trusted,
-        )
+        mlflow.sklearn.save_model(pipeline, str(tmp), **model_files)
 
     replace_dir(root / MODEL_DIR, save)
     handoff = {
