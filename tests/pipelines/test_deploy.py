@@ -55,10 +55,13 @@ def gateway_image(client) -> str:
 
 def _build_fake(client, tag: str, version: str, ready: bool) -> str:
     base = _env_file(ROOT / ".build/base-images.env").get(
-        "PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    dockerfile = (f"FROM {base}\nCOPY server.py /srv/server.py\n"
-                  f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
-                  "USER 1000\nCMD [\"python\", \"-u\", \"/srv/server.py\"]\n")
+        "PYTHON_IMAGE", "python:3.11-slim-bookworm"
+    )
+    dockerfile = (
+        f"FROM {base}\nCOPY server.py /srv/server.py\n"
+        f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
+        'USER 1000\nCMD ["python", "-u", "/srv/server.py"]\n'
+    )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in (("Dockerfile", dockerfile.encode()), ("server.py", FAKE.read_bytes())):
@@ -66,8 +69,14 @@ def _build_fake(client, tag: str, version: str, ready: bool) -> str:
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, tag=tag, pull=False, rm=True,
-                        labels={LABEL_MODEL_VERSION: version, "io.conveyor.test": "deploy"})
+    client.images.build(
+        fileobj=buf,
+        custom_context=True,
+        tag=tag,
+        pull=False,
+        rm=True,
+        labels={LABEL_MODEL_VERSION: version, "io.conveyor.test": "deploy"},
+    )
     return tag
 
 
@@ -76,22 +85,38 @@ def stack(client, gateway_image, tmp_path_factory):
     """A network, an 'old' serving container (v1) and the gateway in front of it."""
     run = uuid.uuid4().hex[:8]
     labels = {"io.conveyor.test": run}
-    images = {v: _build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
-              for v in ("1", "2")}
-    images["never-ready"] = _build_fake(client, f"conveyor-test/fake-serving:broken-{run}", "3",
-                                        ready=False)
+    images = {
+        v: _build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
+        for v in ("1", "2")
+    }
+    images["never-ready"] = _build_fake(
+        client, f"conveyor-test/fake-serving:broken-{run}", "3", ready=False
+    )
     network = client.networks.create(f"conveyor-test-{run}", labels=labels)
     updir = tmp_path_factory.mktemp("gateway")
     os.chmod(updir, 0o777)
     old_name = f"conveyor-test-{run}-v1"
-    old = client.containers.run(images["1"], name=old_name, detach=True, network=network.name,
-                                labels={**labels, dp.ROLE_LABEL: dp.ROLE})
+    old = client.containers.run(
+        images["1"],
+        name=old_name,
+        detach=True,
+        network=network.name,
+        labels={**labels, dp.ROLE_LABEL: dp.ROLE},
+    )
     gateway = client.containers.run(
-        gateway_image, name=f"conveyor-test-{run}-gateway", detach=True, network=network.name,
-        labels=labels, environment={"GATEWAY_DEFAULT_UPSTREAM": f"{old_name}:8000"},
+        gateway_image,
+        name=f"conveyor-test-{run}-gateway",
+        detach=True,
+        network=network.name,
+        labels=labels,
+        environment={"GATEWAY_DEFAULT_UPSTREAM": f"{old_name}:8000"},
         volumes={str(updir): {"bind": "/var/lib/conveyor-gateway", "mode": "rw"}},
-        ports={"8000/tcp": ("127.0.0.1", None)}, read_only=True,
-        tmpfs={"/tmp": "rw,size=16m"}, cap_drop=["ALL"], security_opt=["no-new-privileges"])
+        ports={"8000/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=16m"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+    )
     try:
         gateway.reload()
         port = int(gateway.ports["8000/tcp"][0]["HostPort"])
@@ -104,11 +129,20 @@ def stack(client, gateway_image, tmp_path_factory):
             except (OSError, AttributeError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("gateway never answered from the v1 container:\n"
-                            + gateway.logs().decode(errors="replace"))
+                pytest.fail(
+                    "gateway never answered from the v1 container:\n"
+                    + gateway.logs().decode(errors="replace")
+                )
             time.sleep(0.5)
-        yield {"run": run, "network": network.name, "gateway": gateway.name, "url": url,
-               "upstream_file": updir / "upstream.conf", "images": images, "old": old}
+        yield {
+            "run": run,
+            "network": network.name,
+            "gateway": gateway.name,
+            "url": url,
+            "upstream_file": updir / "upstream.conf",
+            "images": images,
+            "old": old,
+        }
     finally:
         for c in client.containers.list(all=True, filters={"label": f"io.conveyor.test={run}"}):
             c.remove(force=True)
@@ -120,11 +154,16 @@ def stack(client, gateway_image, tmp_path_factory):
 
 
 def _config(stack, image: str, **kw) -> dp.DeployConfig:
-    return dp.DeployConfig(image=image, network=stack["network"], gateway=stack["gateway"],
-                           upstream_file=stack["upstream_file"],
-                           name_prefix=f"conveyor-test-{stack['run']}",
-                           labels={"io.conveyor.test": stack["run"]},
-                           smoke_payload={"inputs": [[0]]}, **kw)
+    return dp.DeployConfig(
+        image=image,
+        network=stack["network"],
+        gateway=stack["gateway"],
+        upstream_file=stack["upstream_file"],
+        name_prefix=f"conveyor-test-{stack['run']}",
+        labels={"io.conveyor.test": stack["run"]},
+        smoke_payload={"inputs": [[0]]},
+        **kw,
+    )
 
 
 def test_swap_under_load_loses_no_request(client, stack):
@@ -162,19 +201,33 @@ def test_never_ready_image_is_removed_and_the_old_one_keeps_serving(client, stac
     assert load.result.failures == []
     assert set(load.result.versions) == {"2"}
     assert stack["upstream_file"].read_text() == before
-    leftovers = [c.name for c in client.containers.list(
-        all=True, filters={"ancestor": bad, "label": f"io.conveyor.test={stack['run']}"})]
+    leftovers = [
+        c.name
+        for c in client.containers.list(
+            all=True, filters={"ancestor": bad, "label": f"io.conveyor.test={stack['run']}"}
+        )
+    ]
     assert leftovers == []
 
 
 def test_cli_reports_a_missing_image_in_one_line(stack, capsys):
-    code = dp.main(["--image", "conveyor-test/does-not-exist:v0", "--network", stack["network"],
-                    "--gateway", stack["gateway"], "--upstream-file",
-                    str(stack["upstream_file"])])
+    code = dp.main(
+        [
+            "--image",
+            "conveyor-test/does-not-exist:v0",
+            "--network",
+            stack["network"],
+            "--gateway",
+            stack["gateway"],
+            "--upstream-file",
+            str(stack["upstream_file"]),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4
-    assert err == ["deploy: failed: image conveyor-test/does-not-exist:v0 does not exist on "
-                   "this engine"]
+    assert err == [
+        "deploy: failed: image conveyor-test/does-not-exist:v0 does not exist on this engine"
+    ]
 
 
 def test_upstream_file_round_trip(tmp_path):
