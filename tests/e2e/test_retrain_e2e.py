@@ -55,7 +55,7 @@ def state() -> dict:
     return {}
 
 
-def test_first_date_is_trained_registered_and_served(runs, state, record, serving_url):
+def test_first_date_is_trained_registered_and_served(runs, state, record, serving_url, test_stack):
     run = runs.run("2026-03-01", {"force_deploy": True}, "first")
     assert run["state"] == "success", runs.explain(run)
     registration = runs.xcom(run["dag_run_id"], "register")
@@ -64,6 +64,11 @@ def test_first_date_is_trained_registered_and_served(runs, state, record, servin
     version = str(registration["version"])
     build = runs.xcom(run["dag_run_id"], "build_serving_image")
     assert build["image"].endswith(f"-v{version}") and build["run_id"] == registration["run_id"]
+    # The stack's own names: the baked image in its repository, lineage names the task's image.
+    assert build["image"].startswith(test_stack.env["CONVEYOR_MODEL_IMAGE_REPOSITORY"] + ":")
+    tags = test_stack.mlflow().get_run(registration["run_id"]).data.tags
+    train_image = test_stack.compose("exec", "-T", "airflow-scheduler", "printenv", "TRAIN_IMAGE")
+    assert tags["image"] == train_image.stdout.strip() != ""
 
     wait_serving_ready(serving_url)
     meta = get_json(f"{serving_url}/metadata")
