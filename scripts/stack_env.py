@@ -1,14 +1,16 @@
 """A stack's env file (`.env`, or a test stack's): created from .env.example, kept complete.
 
     python scripts/stack_env.py create  --out .env                      # secrets generated
-    python scripts/stack_env.py create  --out .build/test-stack.env --stack conveyor-test
+    python scripts/stack_env.py create  --out .build/test-stack.env --stack conveyor-test \
+                                         --set RETRAIN_SCHEDULE=none
     python scripts/stack_env.py complete --env .env                     # add new settings
 
 `.env.example` is the one place that names every setting and its default. `create` copies it and
 fills every empty secret with a random value. `--stack NAME` makes a stack that can run beside
 the default one on the same engine: every Docker name (Compose project, networks, volumes,
 containers, image repository of the baked models) starts with NAME instead of `conveyor`, and
-every published port is a free one. `complete` appends the settings an older env file lacks
+every published port is a free one. `--set KEY=VALUE` overrides a setting of .env.example
+(an unknown KEY is an error). `complete` appends the settings an older env file lacks
 (a new release added them), with their defaults, and names them.
 
 Standard library only: it runs before any virtualenv exists.
@@ -76,14 +78,20 @@ def renamed(key: str, value: str, stack: str) -> str:
     return value
 
 
-def create(out: Path, stack: str) -> None:
+def create(out: Path, stack: str, overrides: dict[str, str] | None = None) -> None:
+    overrides = overrides or {}
+    unknown = set(overrides) - set(read(EXAMPLE))
+    if unknown:
+        raise SystemExit(f"stack_env: --set {', '.join(sorted(unknown))}: not in .env.example")
     taken: set[int] = set()
     lines = []
     for line in EXAMPLE.read_text().splitlines(keepends=True):
         match = SETTING.match(line.rstrip("\n"))
         if match:
             key, value = match.group(1), match.group(2).strip()
-            if not value and key in SECRETS:
+            if key in overrides:
+                value = overrides[key]
+            elif not value and key in SECRETS:
                 value = SECRETS[key]()
             elif stack != DEFAULT_STACK and key.endswith("_PORT"):
                 value = str(free_port(taken))
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("create")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--stack", default=DEFAULT_STACK, help="prefix of every Docker name")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     k = sub.add_parser("complete")
     k.add_argument("--env", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", args.stack):
             print(f"stack_env: --stack {args.stack!r}: use a-z, 0-9 and -", file=sys.stderr)
             return 2
-        create(args.out, args.stack)
+        create(args.out, args.stack, dict(kv.split("=", 1) for kv in args.overrides))
     else:
         added = complete(args.env)
         if added:

@@ -3,13 +3,15 @@
 It has its own env file, `.build/<stack>.env` with `<stack>` = $CONVEYOR_TEST_STACK or
 `conveyor-test`: every Docker name (Compose project, networks, volumes, containers, baked model
 images) starts with `<stack>` instead of `conveyor`, its ports are free ones, its secrets its
-own. The user's `.env` is never read, and nothing named after it is touched.
+own. The user's `.env` is never read, and nothing named after it is touched. Its DAG has no
+schedule (`RETRAIN_SCHEDULE=none`): every run is one a test triggered.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -67,6 +69,11 @@ class TestStack:
         self.script("clean", timeout=300)
         self.env_file.unlink(missing_ok=True)
         self.__dict__.pop("env", None)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "stack_env.py"), "create", "--out",
+             str(self.env_file), "--stack", self.name, "--set", "RETRAIN_SCHEDULE=none"],
+            check=True, timeout=60,
+        )  # fmt: skip
         proc = self.script("up")
         self.__dict__.pop("env", None)
         return proc
