@@ -162,7 +162,9 @@ with DAG(
     )
     deploy = ConveyorDockerOperator(
         task_id="deploy",
-        command=["python", "-m", "pipelines.deploy",
+        # The release image (release/): deploy code lives beside, not inside, the ML stages.
+        image=setting("RELEASE_IMAGE", "RELEASE_IMAGE-is-not-set"),
+        command=["python", "-m", "release.compose",
                  "--image", "{{ ti.xcom_pull(task_ids='build_serving_image')['image'] }}",
                  "--ready-timeout", "{{ params.ready_timeout }}",
                  "--smoke-file", f"{WORKSPACE}/models/model/serving_input_example.json",

@@ -28,6 +28,7 @@ IMAGES=(
   "s3|docker/s3/Dockerfile|S3_IMAGE"
   "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE"
   "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE"
+  "release|release/Dockerfile|RELEASE_IMAGE"
 )
 
 say() { echo "build-images: $*" >&2; }

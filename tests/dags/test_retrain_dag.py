@@ -23,6 +23,7 @@ from airflow.providers.docker.operators.docker import DockerOperator  # noqa: E4
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 TRAIN_IMAGE = "conveyor/train:0123456789ab"
+RELEASE_IMAGE = "conveyor/release:0123456789ab"
 
 EDGES = {
     "prepare_workspace": {"ingest"},
@@ -42,6 +43,7 @@ EDGES = {
 def _load(monkeypatch, tmp_path, **env):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("TRAIN_IMAGE", TRAIN_IMAGE)
+    monkeypatch.setenv("RELEASE_IMAGE", RELEASE_IMAGE)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     sys.modules.pop("conveyor_operator", None)
@@ -91,7 +93,8 @@ def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
     assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy",
                                                               "keep_current_model"}
     for t in docker_tasks:
-        assert t.image == TRAIN_IMAGE, t.task_id
+        # deploy runs release code (release/), everything else the ML stages.
+        assert t.image == (RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE), t.task_id
         assert t.force_pull is False and t.mount_tmp_dir is False, t.task_id
         assert t.auto_remove == "success", t.task_id
         mounts = {m["Target"]: (m["Source"], m["Type"]) for m in t.mounts}

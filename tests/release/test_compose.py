@@ -1,5 +1,5 @@
 """The zero-downtime deploy procedure against the real engine, with the real gateway image and a
-stand-in serving container (tests/pipelines/fake_serving): no Airflow, no model.
+stand-in serving container (tests/release/fake_serving): no Airflow, no model.
 
 From the host the deploy code reaches the containers by their bridge addresses (Linux); the
 gateway's port is published on 127.0.0.1, where an open-loop client sends requests throughout.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import deploy as dp
 from pipelines.build_serving_image import LABEL_MODEL_VERSION
+from release import compose as dp
 from tests.helpers.load import OpenLoopClient
 
 pytestmark = pytest.mark.docker

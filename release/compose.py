@@ -1,6 +1,6 @@
 """Zero-downtime deploy of a serving image behind the gateway (the DAG's `deploy` task).
 
-    python -m pipelines.deploy --image conveyor/serving-model:conveyor-v3 \
+    python -m release.compose --image conveyor/serving-model:conveyor-v3 \
         --network conveyor-serving --gateway conveyor-gateway \
         --upstream-file /gateway/upstream.conf [--smoke-file serving_input_example.json]
 
@@ -45,7 +45,7 @@ from pipelines.common import PipelineError, atomic_write_text
 ROLE_LABEL = "io.conveyor.role"
 ROLE = "serving"
 UPSTREAM_TEMPLATE = """\
-# Written by pipelines.deploy: the serving container the gateway sends traffic to.
+# Written by release.compose: the serving container the gateway sends traffic to.
 upstream conveyor_serving {{
     server {target} max_fails=0;
     keepalive 16;
@@ -324,7 +324,7 @@ def load_smoke_payload(path: Path | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.deploy",
+    parser = argparse.ArgumentParser(prog="python -m release.compose",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--network", default=os.environ.get("SERVING_NETWORK", "conveyor"))
