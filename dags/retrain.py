@@ -20,6 +20,10 @@ from conveyor_operator import (
 
 SCHEDULE = setting("RETRAIN_SCHEDULE", "@daily")
 MODEL_DOCKERFILE = "serving/model.Dockerfile"  # the serving part's recipe for a baked model
+# Passed from the Airflow containers to the deploy task when set (release/settings.py).
+RELEASE_ENV = ("DEPLOY_TARGET", "SERVING_MEMORY_MB", "SERVING_CPUS", "SWARM_DOCKER_HOST",
+               "SWARM_SERVICE", "SWARM_REGISTRY", "SWARM_REGISTRY_PUSH", "KUBE_NAMESPACE",
+               "KUBE_DEPLOYMENT", "KUBE_REGISTRY")
 
 # Every ML task first gives the workspace this run's params (image defaults + overrides).
 RUN = [
@@ -47,7 +51,7 @@ workspace volume; the task log shows the container's output.
 | `register` | MLflow registration + quality gate; XCom: version, scores, decision |
 | `decide_deploy` | promoted, or `force_deploy` / `deploy_image` set → build and deploy |
 | `build_serving_image` | serving image with the model baked in, tagged with the model version |
-| `deploy` | zero-downtime swap behind the gateway; never ready: removed, the old one serves on |
+| `deploy` | rolls the image out on `DEPLOY_TARGET` (compose swap, Swarm rolling update); never ready: the old one serves on |
 
 **Params** (UI "Trigger DAG w/ config", REST `conf`, `make retrain DATE=... CONF='{...}'`):
 `force_deploy`, `source` (e.g. `s3://landing/daily/{date}.csv`), `train` (overrides of the
@@ -164,7 +168,7 @@ with DAG(
         task_id="deploy",
         # The release image (release/): deploy code lives beside, not inside, the ML stages.
         image=setting("RELEASE_IMAGE", "RELEASE_IMAGE-is-not-set"),
-        command=["python", "-m", "release.compose",
+        command=["python", "-m", "release.deploy",
                  "--image", "{{ ti.xcom_pull(task_ids='build_serving_image')['image'] }}",
                  "--ready-timeout", "{{ params.ready_timeout }}",
                  "--smoke-file", f"{WORKSPACE}/models/model/serving_input_example.json",
@@ -177,12 +181,18 @@ with DAG(
             "SERVING_NETWORK": serving_network,
             "GATEWAY_CONTAINER": setting("CONVEYOR_GATEWAY_CONTAINER", "conveyor-gateway"),
             "GATEWAY_UPSTREAM_FILE": f"{GATEWAY_DIR}/upstream.conf",
+            # DEPLOY_TARGET (compose | swarm | kubernetes) and that target's settings, as the
+            # Airflow containers have them (release/settings.py names each one).
+            **{name: setting(name) for name in RELEASE_ENV if setting(name)},
         },
-        doc_md="Start the new serving container, wait for `/ready` and a smoke prediction, "
+        doc_md="Roll the new serving image out on `DEPLOY_TARGET` (release/deploy.py). "
+               "compose: start the new container, wait for `/ready` and a smoke prediction, "
                "switch the gateway's upstream (SIGHUP), let in-flight requests finish, stop the "
-               "old container. Never ready: the new one is removed, the old one keeps serving, "
-               "the task fails with the reason (exit 4, not retried). XCom: image, container, "
-               "model version, previous container, changed (false: that image was already live).",
+               "old container; never ready: the new one is removed, the old one keeps serving. "
+               "swarm: push to the swarm's registry, update the service's image (start-first, "
+               "health-gated), wait until every replica runs it; never healthy: Swarm rolls back. "
+               "A rejected release fails the task with the reason (exit 4, not retried). XCom: "
+               "target, image, model version, changed (false: that image was already live).",
     )
 
     prepare >> ingest >> validate >> train >> evaluate >> dvc_push >> register

@@ -1,49 +1,45 @@
-"""Zero-downtime deploy of a serving image behind the gateway (the DAG's `deploy` task).
-
-    python -m release.compose --image conveyor/serving-model:conveyor-v3 \
-        --network conveyor-serving --gateway conveyor-gateway \
-        --upstream-file /gateway/upstream.conf [--smoke-file serving_input_example.json]
+"""`compose` target: zero-downtime swap of one serving container behind the nginx gateway.
 
 The procedure (measured on this machine to lose no request at 200 req/s):
 
-1. start the new serving container on the network (labels: role, image, model version, run);
+1. start the new serving container on SERVING_NETWORK (labels: role, image, model version, run);
 2. wait for its `/ready` and a smoke prediction that answers with the expected model version;
-   if it never gets there: remove it, leave the gateway and the old container alone, exit 4 with
+   if it never gets there: remove it, leave the gateway and the old container alone, fail with
    the reason and the container's last log lines;
-3. rewrite the gateway's upstream file (atomic rename on the shared volume) and send SIGHUP to
-   the gateway through the Docker API's kill endpoint (exec is refused by the socket proxy);
-   confirm through the gateway that the new container answers;
-4. wait `--drain-seconds` for nginx's old workers to finish their in-flight requests, then stop
+3. rewrite the gateway's upstream file (GATEWAY_UPSTREAM_FILE, atomic rename on the shared
+   volume) and send SIGHUP to GATEWAY_CONTAINER through the Docker API's kill endpoint (exec is
+   refused by the socket proxy); confirm through the gateway that the new container answers;
+4. wait DRAIN_SECONDS for nginx's old workers to finish their in-flight requests, then stop
    (SIGTERM, graceful) and remove the old container.
 
-Re-running with the image that is already live does nothing. The last stdout line is one JSON
-object: image, container, model_version, previous, changed.
+Re-running with the image that is already live does nothing. Serving containers are named
+`<SERVING_NETWORK>-<image tag>-<image id>`; their port is the one the image EXPOSEs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import sys
 import time
 import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.build_serving_image import (
-    LABEL_MODEL_NAME,
-    LABEL_MODEL_VERSION,
-    docker_client,
-    report,
-)
-from pipelines.common import PipelineError, atomic_write_text
+from pipelines.build_serving_image import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
+from pipelines.common import atomic_write_text
+from release.settings import ComposeSettings
+from release.target import DeployError, Release, engine, http_json
+
+Settings = ComposeSettings
 
 ROLE_LABEL = "io.conveyor.role"
 ROLE = "serving"
+# Measured: without ~1 s for nginx's old workers, 5-10 of 2,400 requests failed at 200 req/s.
+DRAIN_SECONDS = 1.0
+SWITCH_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 30  # SIGTERM grace of the old container (it finishes in-flight requests)
 UPSTREAM_TEMPLATE = """\
 # Written by release.compose: the serving container the gateway sends traffic to.
 upstream conveyor_serving {{
@@ -55,48 +51,26 @@ upstream conveyor_serving {{
 _SERVER_RE = re.compile(r"^\s*server\s+([^\s;]+)", re.MULTILINE)
 
 
-class DeployError(PipelineError):
-    """The new container could not take traffic: the old one keeps serving (exit code 4, which
-    the DAG fails without retrying: the same image would fail the same way)."""
+@dataclass(frozen=True)
+class Swap:
+    """One swap: the release, where it goes and how the new container runs."""
 
-    exit_code = 4
-
-
-@dataclass
-class DeployConfig:
-    image: str
+    release: Release
     network: str
     gateway: str  # gateway container name
     upstream_file: Path
-    port: int = 8000
-    name_prefix: str = "conveyor-serving"
-    ready_timeout: float = 120.0
-    switch_timeout: float = 15.0
-    drain_seconds: float = 1.0
-    stop_timeout: int = 30
-    smoke_payload: Any = None  # JSON body for /invocations; None: GET /metadata only
-    environment: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    mem_limit: str | None = "1g"
+    memory_mb: int
     hardened: bool = True  # read-only root fs, no capabilities, no-new-privileges
 
-
-# ----------------------------------------------------------------------------- HTTP
-def http_json(url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, Any, dict]:
-    """One request on a fresh connection: status, decoded JSON body (or text), headers."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, body, headers = resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        status, body, headers = exc.code, exc.read(), dict(exc.headers)
-    try:
-        return status, json.loads(body), headers
-    except ValueError:
-        return status, body.decode(errors="replace"), headers
+    @classmethod
+    def of(cls, release: Release, settings: ComposeSettings) -> Swap:
+        return cls(
+            release=release,
+            network=settings.SERVING_NETWORK,
+            gateway=settings.GATEWAY_CONTAINER,
+            upstream_file=settings.GATEWAY_UPSTREAM_FILE,
+            memory_mb=settings.SERVING_MEMORY_MB,
+        )
 
 
 # ----------------------------------------------------------------------------- gateway
@@ -141,6 +115,14 @@ def container_name(prefix: str, image_tag: str, image_id: str) -> str:
     return f"{prefix}-{slug}-{image_id.split(':')[-1][:12]}"
 
 
+def exposed_port(image) -> int:
+    """The one TCP port an image EXPOSEs (the serving and gateway images: their contract)."""
+    ports = [p for p in (image.attrs["Config"].get("ExposedPorts") or {}) if p.endswith("/tcp")]
+    if len(ports) != 1:
+        raise DeployError(f"image {image.tags or image.id} must EXPOSE one TCP port, has {ports}")
+    return int(ports[0].split("/")[0])
+
+
 def ip_on(container, network: str) -> str:
     """The container's address on the network (HTTP checks use it: works from the network and
     from a Linux host alike; the gateway's upstream file names the container instead)."""
@@ -167,7 +149,7 @@ def remove(container) -> None:
         pass
 
 
-def start_candidate(client, cfg: DeployConfig, image, name: str):
+def start_candidate(client, swap: Swap, image, name: str):
     import docker
 
     try:  # a leftover of an earlier failed attempt: never the live one (checked by the caller)
@@ -175,33 +157,43 @@ def start_candidate(client, cfg: DeployConfig, image, name: str):
     except docker.errors.NotFound:
         pass
     hardening: dict[str, Any] = {}
-    if cfg.hardened:
-        hardening = dict(read_only=True, tmpfs={"/tmp": "rw,size=64m"}, cap_drop=["ALL"],
-                         security_opt=["no-new-privileges"])
-    labels = {ROLE_LABEL: ROLE, "io.conveyor.image": cfg.image,
-              **{k: v for k, v in image.labels.items() if k.startswith("io.conveyor.")},
-              **cfg.labels}
+    if swap.hardened:
+        hardening = dict(
+            read_only=True,
+            tmpfs={"/tmp": "rw,size=64m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+    labels = {
+        ROLE_LABEL: ROLE,
+        "io.conveyor.image": swap.release.image,
+        **{k: v for k, v in image.labels.items() if k.startswith("io.conveyor.")},
+        **swap.release.labels,
+    }
     # The model's identity from the image's labels (the build's source of truth), so that the
     # container reports it even if the image's own ENV lost it.
-    identity = {env: image.labels[label] for env, label in
-                (("MODEL_NAME", LABEL_MODEL_NAME), ("MODEL_VERSION", LABEL_MODEL_VERSION))
-                if image.labels.get(label)}
+    identity = {
+        env: image.labels[label]
+        for env, label in (("MODEL_NAME", LABEL_MODEL_NAME), ("MODEL_VERSION", LABEL_MODEL_VERSION))
+        if image.labels.get(label)
+    }
     return client.containers.run(
         image.id,
         name=name,
         detach=True,
-        network=cfg.network,
-        environment={**identity, **cfg.environment},
+        network=swap.network,
+        environment={**identity, **swap.release.environment},
         labels=labels,
         restart_policy={"Name": "unless-stopped"},
-        mem_limit=cfg.mem_limit,
+        mem_limit=f"{swap.memory_mb}m",
         **hardening,
     )
 
 
-def wait_ready(container, base_url: str, cfg: DeployConfig, expected_version: str) -> dict:
+def wait_ready(container, base_url: str, swap: Swap, expected_version: str) -> dict:
     """Poll /ready, then a smoke prediction; raise DeployError with the reason on timeout."""
-    deadline = time.monotonic() + cfg.ready_timeout
+    timeout = swap.release.ready_timeout
+    deadline = time.monotonic() + timeout
     reason = "no answer yet"
     while time.monotonic() < deadline:
         container.reload()
@@ -211,150 +203,132 @@ def wait_ready(container, base_url: str, cfg: DeployConfig, expected_version: st
         try:
             status, body, _ = http_json(f"{base_url}/ready", timeout=3)
             if status == 200:
-                return smoke(base_url, cfg, expected_version)
+                return smoke(base_url, swap.release, expected_version)
             reason = f"/ready answered {status}: {str(body)[:200]}"
         except (OSError, urllib.error.URLError) as exc:
             reason = f"/ready unreachable: {exc}"
         time.sleep(1)
-    raise DeployError(f"new container not ready after {cfg.ready_timeout:.0f} s ({reason})")
+    raise DeployError(f"new container not ready after {timeout:.0f} s ({reason})")
 
 
-def smoke(base_url: str, cfg: DeployConfig, expected_version: str) -> dict:
+def smoke(base_url: str, release: Release, expected_version: str) -> dict:
     status, meta, _ = http_json(f"{base_url}/metadata", timeout=5)
     if status != 200 or not isinstance(meta, dict):
         raise DeployError(f"smoke: /metadata answered {status}: {str(meta)[:200]}")
     served = str(meta.get("model_version", ""))
     if expected_version and served != expected_version:
         raise DeployError(f"smoke: serves model version {served!r}, expected {expected_version!r}")
-    if cfg.smoke_payload is not None:
-        status, body, _ = http_json(f"{base_url}/invocations", cfg.smoke_payload, timeout=10)
+    if release.smoke_payload is not None:
+        status, body, _ = http_json(f"{base_url}/invocations", release.smoke_payload, timeout=10)
         if status != 200:
             raise DeployError(f"smoke prediction answered {status}: {str(body)[:300]}")
     return meta
 
 
-def confirm_switch(gateway_url: str, new_ip: str, cfg: DeployConfig) -> None:
+def confirm_switch(gateway_url: str, new_upstream: str) -> None:
     """The gateway (fresh connections) answers from the new container's address."""
-    deadline = time.monotonic() + cfg.switch_timeout
+    deadline = time.monotonic() + SWITCH_TIMEOUT_S
     seen = None
     while time.monotonic() < deadline:
         try:
             _, _, headers = http_json(f"{gateway_url}/health", timeout=3)
             seen = headers.get("X-Conveyor-Upstream")
-            if seen == f"{new_ip}:{cfg.port}":
+            if seen == new_upstream:
                 return
         except (OSError, urllib.error.URLError) as exc:
             seen = f"error: {exc}"
         time.sleep(0.2)
-    raise DeployError(f"gateway did not switch to {new_ip}:{cfg.port} (last upstream: {seen})")
+    raise DeployError(f"gateway did not switch to {new_upstream} (last upstream: {seen})")
 
 
 # ----------------------------------------------------------------------------- procedure
-def deploy(client, cfg: DeployConfig) -> dict[str, Any]:
+def swap_in(client, swap: Swap) -> dict[str, Any]:
     import docker
 
+    image_ref = swap.release.image
     try:
-        image = client.images.get(cfg.image)
+        image = client.images.get(image_ref)
     except docker.errors.ImageNotFound:
-        raise DeployError(f"image {cfg.image} does not exist on this engine") from None
+        raise DeployError(f"image {image_ref} does not exist on this engine") from None
     expected_version = image.labels.get(LABEL_MODEL_VERSION, "")
-    previous_target = read_upstream(cfg.upstream_file)
+    port = exposed_port(image)
+    previous_target = read_upstream(swap.upstream_file)
     previous = None
     if previous_target:
-        previous = container_for_host(client, previous_target.rsplit(":", 1)[0], cfg.network)
+        previous = container_for_host(client, previous_target.rsplit(":", 1)[0], swap.network)
     if previous is not None and previous.image.id == image.id and previous.status == "running":
-        print(f"deploy: {cfg.image} is already live in {previous.name}: nothing to do",
-              file=sys.stderr)
-        return {"image": cfg.image, "container": previous.name, "model_version": expected_version,
-                "previous": previous.name, "changed": False}
+        print(
+            f"deploy: {image_ref} is already live in {previous.name}: nothing to do",
+            file=sys.stderr,
+        )
+        return {
+            "target": "compose",
+            "image": image_ref,
+            "container": previous.name,
+            "model_version": expected_version,
+            "previous": previous.name,
+            "changed": False,
+        }
 
-    name = container_name(cfg.name_prefix, cfg.image, image.id)
-    print(f"deploy: starting {name} from {cfg.image} on {cfg.network}", file=sys.stderr)
-    new = start_candidate(client, cfg, image, name)
+    name = container_name(swap.network, image_ref, image.id)
+    print(f"deploy: starting {name} from {image_ref} on {swap.network}", file=sys.stderr)
+    new = start_candidate(client, swap, image, name)
     try:
-        new_ip = ip_on(new, cfg.network)
-        meta = wait_ready(new, f"http://{new_ip}:{cfg.port}", cfg, expected_version)
-        print(f"deploy: {name} ready, serving model version {meta.get('model_version')}",
-              file=sys.stderr)
+        new_ip = ip_on(new, swap.network)
+        meta = wait_ready(new, f"http://{new_ip}:{port}", swap, expected_version)
+        print(
+            f"deploy: {name} ready, serving model version {meta.get('model_version')}",
+            file=sys.stderr,
+        )
     except BaseException as exc:
         logs = last_logs(new)
         remove(new)
         if isinstance(exc, DeployError):
-            raise DeployError(f"{exc}; {name} removed, the old container keeps serving. "
-                              f"Its last log lines:\n{logs}") from None
+            raise DeployError(
+                f"{exc}; {name} removed, the old container keeps serving. "
+                f"Its last log lines:\n{logs}"
+            ) from None
         raise
 
-    target = f"{name}:{cfg.port}"
-    write_upstream(cfg.upstream_file, target)
+    target = f"{name}:{port}"
+    write_upstream(swap.upstream_file, target)
     try:
-        reload_gateway(client, cfg.gateway)
-        gateway_ip = ip_on(client.containers.get(cfg.gateway), cfg.network)
-        confirm_switch(f"http://{gateway_ip}:{cfg.port}", new_ip, cfg)
+        reload_gateway(client, swap.gateway)
+        gateway = client.containers.get(swap.gateway)
+        gateway_url = f"http://{ip_on(gateway, swap.network)}:{exposed_port(gateway.image)}"
+        confirm_switch(gateway_url, f"{new_ip}:{port}")
     except BaseException:
         # Put the old upstream back and leave nothing half-deployed.
         if previous_target:
-            write_upstream(cfg.upstream_file, previous_target)
+            write_upstream(swap.upstream_file, previous_target)
             try:
-                reload_gateway(client, cfg.gateway)
+                reload_gateway(client, swap.gateway)
             except docker.errors.DockerException as exc:
                 print(f"deploy: could not reload the gateway back: {exc}", file=sys.stderr)
         remove(new)
         raise
     print(f"deploy: gateway now sends traffic to {target}", file=sys.stderr)
 
-    time.sleep(cfg.drain_seconds)  # nginx's old workers finish their in-flight requests
+    time.sleep(DRAIN_SECONDS)  # nginx's old workers finish their in-flight requests
     if previous is not None and previous.id != new.id:
         print(f"deploy: stopping the old container {previous.name}", file=sys.stderr)
-        previous.stop(timeout=cfg.stop_timeout)
+        previous.stop(timeout=STOP_TIMEOUT_S)
         if previous.labels.get(ROLE_LABEL) == ROLE:
             remove(previous)  # ours; a Compose-managed one is only stopped
-    return {"image": cfg.image, "container": name, "model_version": meta.get("model_version"),
-            "previous": previous.name if previous is not None else previous_target,
-            "changed": True}
+    return {
+        "target": "compose",
+        "image": image_ref,
+        "container": name,
+        "model_version": meta.get("model_version"),
+        "previous": previous.name if previous is not None else previous_target,
+        "changed": True,
+    }
 
 
-def load_smoke_payload(path: Path | None) -> Any:
-    """MLflow's serving input example (dataframe_split etc.), if the file is there."""
-    if path is None or not path.is_file():
-        return None
+def deploy(release: Release, settings: ComposeSettings) -> dict[str, Any]:
+    """The target's entry point (release/deploy.py)."""
+    client = engine(settings.DOCKER_HOST, "Docker")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"smoke input {path} is not JSON: {exc}") from exc
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m release.compose",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--network", default=os.environ.get("SERVING_NETWORK", "conveyor"))
-    parser.add_argument("--gateway", default=os.environ.get("GATEWAY_CONTAINER",
-                                                            "conveyor-gateway"))
-    parser.add_argument("--upstream-file", type=Path,
-                        default=Path(os.environ.get("GATEWAY_UPSTREAM_FILE",
-                                                    "/gateway/upstream.conf")))
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--smoke-file", type=Path, default=None)
-    parser.add_argument("--ready-timeout", type=float, default=120.0)
-    parser.add_argument("--drain-seconds", type=float, default=1.0)
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment of the new serving container")
-    args = parser.parse_args(argv)
-
-    def run() -> dict[str, Any]:
-        cfg = DeployConfig(
-            image=args.image, network=args.network, gateway=args.gateway,
-            upstream_file=args.upstream_file, port=args.port,
-            ready_timeout=args.ready_timeout, drain_seconds=args.drain_seconds,
-            smoke_payload=load_smoke_payload(args.smoke_file),
-            labels=dict(kv.split("=", 1) for kv in args.label if "=" in kv),
-            environment=dict(kv.split("=", 1) for kv in args.env if "=" in kv),
-        )
-        return deploy(docker_client(), cfg)
-
-    return report("deploy: failed", run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return swap_in(client, Swap.of(release, settings))
+    finally:
+        client.close()

@@ -7,68 +7,27 @@ gateway's port is published on 127.0.0.1, where an open-loop client sends reques
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import tarfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from pipelines.build_serving_image import LABEL_MODEL_VERSION
 from release import compose as dp
+from release import deploy as release_deploy
+from release.target import DeployError, Release, http_json
 from tests.helpers.load import OpenLoopClient
+from tests.release.fakes import build_fake, project_image
 
 pytestmark = pytest.mark.docker
 
 docker = pytest.importorskip("docker")
-ROOT = Path(__file__).resolve().parents[2]
-FAKE = Path(__file__).parent / "fake_serving" / "server.py"
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = docker.from_env()
-    c.ping()
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
 def gateway_image(client) -> str:
-    image = _env_file(ROOT / ".build/images.env").get("GATEWAY_IMAGE")
-    if not image:
-        subprocess.run(["bash", "scripts/build-images.sh", "gateway"], cwd=ROOT, check=True)
-        image = _env_file(ROOT / ".build/images.env")["GATEWAY_IMAGE"]
-    client.images.get(image)
-    return image
-
-
-def _build_fake(client, tag: str, version: str, ready: bool) -> str:
-    base = _env_file(ROOT / ".build/base-images.env").get(
-        "PYTHON_IMAGE", "python:3.11-slim-bookworm")
-    dockerfile = (f"FROM {base}\nCOPY server.py /srv/server.py\n"
-                  f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
-                  "USER 1000\nCMD [\"python\", \"-u\", \"/srv/server.py\"]\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile.encode()), ("server.py", FAKE.read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, tag=tag, pull=False, rm=True,
-                        labels={LABEL_MODEL_VERSION: version, "io.conveyor.test": "deploy"})
-    return tag
+    return project_image("gateway")["GATEWAY_IMAGE"]
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +35,38 @@ def stack(client, gateway_image, tmp_path_factory):
     """A network, an 'old' serving container (v1) and the gateway in front of it."""
     run = uuid.uuid4().hex[:8]
     labels = {"io.conveyor.test": run}
-    images = {v: _build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
-              for v in ("1", "2")}
-    images["never-ready"] = _build_fake(client, f"conveyor-test/fake-serving:broken-{run}", "3",
-                                        ready=False)
+    images = {
+        v: build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
+        for v in ("1", "2")
+    }
+    images["never-ready"] = build_fake(
+        client, f"conveyor-test/fake-serving:broken-{run}", "3", ready=False
+    )
     network = client.networks.create(f"conveyor-test-{run}", labels=labels)
     updir = tmp_path_factory.mktemp("gateway")
     os.chmod(updir, 0o777)
     old_name = f"conveyor-test-{run}-v1"
-    old = client.containers.run(images["1"], name=old_name, detach=True, network=network.name,
-                                labels={**labels, dp.ROLE_LABEL: dp.ROLE})
+    old = client.containers.run(
+        images["1"],
+        name=old_name,
+        detach=True,
+        network=network.name,
+        labels={**labels, dp.ROLE_LABEL: dp.ROLE},
+    )
     gateway = client.containers.run(
-        gateway_image, name=f"conveyor-test-{run}-gateway", detach=True, network=network.name,
-        labels=labels, environment={"GATEWAY_DEFAULT_UPSTREAM": f"{old_name}:8000"},
+        gateway_image,
+        name=f"conveyor-test-{run}-gateway",
+        detach=True,
+        network=network.name,
+        labels=labels,
+        environment={"GATEWAY_DEFAULT_UPSTREAM": f"{old_name}:8000"},
         volumes={str(updir): {"bind": "/var/lib/conveyor-gateway", "mode": "rw"}},
-        ports={"8000/tcp": ("127.0.0.1", None)}, read_only=True,
-        tmpfs={"/tmp": "rw,size=16m"}, cap_drop=["ALL"], security_opt=["no-new-privileges"])
+        ports={"8000/tcp": ("127.0.0.1", None)},
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=16m"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+    )
     try:
         gateway.reload()
         port = int(gateway.ports["8000/tcp"][0]["HostPort"])
@@ -99,16 +74,25 @@ def stack(client, gateway_image, tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if dp.http_json(f"{url}/metadata", timeout=2)[1].get("model_version") == "1":
+                if http_json(f"{url}/metadata", timeout=2)[1].get("model_version") == "1":
                     break
             except (OSError, AttributeError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("gateway never answered from the v1 container:\n"
-                            + gateway.logs().decode(errors="replace"))
+                pytest.fail(
+                    "gateway never answered from the v1 container:\n"
+                    + gateway.logs().decode(errors="replace")
+                )
             time.sleep(0.5)
-        yield {"run": run, "network": network.name, "gateway": gateway.name, "url": url,
-               "upstream_file": updir / "upstream.conf", "images": images, "old": old}
+        yield {
+            "run": run,
+            "network": network.name,
+            "gateway": gateway.name,
+            "url": url,
+            "upstream_file": updir / "upstream.conf",
+            "images": images,
+            "old": old,
+        }
     finally:
         for c in client.containers.list(all=True, filters={"label": f"io.conveyor.test={run}"}):
             c.remove(force=True)
@@ -119,18 +103,26 @@ def stack(client, gateway_image, tmp_path_factory):
             client.images.remove(tag, force=True)
 
 
-def _config(stack, image: str, **kw) -> dp.DeployConfig:
-    return dp.DeployConfig(image=image, network=stack["network"], gateway=stack["gateway"],
-                           upstream_file=stack["upstream_file"],
-                           name_prefix=f"conveyor-test-{stack['run']}",
-                           labels={"io.conveyor.test": stack["run"]},
-                           smoke_payload={"inputs": [[0]]}, **kw)
+def _swap(stack, image: str, ready_timeout: float = 120) -> dp.Swap:
+    release = Release(
+        image=image,
+        ready_timeout=ready_timeout,
+        labels={"io.conveyor.test": stack["run"]},
+        smoke_payload={"inputs": [[0]]},
+    )
+    return dp.Swap(
+        release=release,
+        network=stack["network"],
+        gateway=stack["gateway"],
+        upstream_file=stack["upstream_file"],
+        memory_mb=256,
+    )
 
 
 def test_swap_under_load_loses_no_request(client, stack):
     with OpenLoopClient(f"{stack['url']}/predict", {"x": 1}, rate=100) as load:
         time.sleep(1.0)
-        summary = dp.deploy(client, _config(stack, stack["images"]["2"]))
+        summary = dp.swap_in(client, _swap(stack, stack["images"]["2"]))
         time.sleep(1.5)
     result = load.result
     assert summary["changed"] is True and summary["model_version"] == "2"
@@ -138,7 +130,7 @@ def test_swap_under_load_loses_no_request(client, stack):
     # Answers came from v1, then from v2 only (around the switch both finish in flight).
     assert set(result.versions) == {"1", "2"}, result.versions
     assert result.completed[0] == "1" and set(result.completed[-50:]) == {"2"}
-    assert dp.http_json(f"{stack['url']}/metadata")[1]["model_version"] == "2"
+    assert http_json(f"{stack['url']}/metadata")[1]["model_version"] == "2"
     # The old container (ours: it carries the role label) is stopped and removed.
     with pytest.raises(docker.errors.NotFound):
         client.containers.get(stack["old"].id)
@@ -147,7 +139,7 @@ def test_swap_under_load_loses_no_request(client, stack):
 
 def test_redeploying_the_live_image_changes_nothing(client, stack):
     before = stack["upstream_file"].read_text()
-    summary = dp.deploy(client, _config(stack, stack["images"]["2"]))
+    summary = dp.swap_in(client, _swap(stack, stack["images"]["2"]))
     assert summary["changed"] is False
     assert stack["upstream_file"].read_text() == before
 
@@ -156,25 +148,36 @@ def test_never_ready_image_is_removed_and_the_old_one_keeps_serving(client, stac
     before = stack["upstream_file"].read_text()
     bad = stack["images"]["never-ready"]
     with OpenLoopClient(f"{stack['url']}/predict", {"x": 1}, rate=50) as load:
-        with pytest.raises(dp.DeployError, match="not ready after 4 s") as err:
-            dp.deploy(client, _config(stack, bad, ready_timeout=4))
+        with pytest.raises(DeployError, match="not ready after 4 s") as err:
+            dp.swap_in(client, _swap(stack, bad, ready_timeout=4))
     assert "old container keeps serving" in str(err.value)
     assert load.result.failures == []
     assert set(load.result.versions) == {"2"}
     assert stack["upstream_file"].read_text() == before
-    leftovers = [c.name for c in client.containers.list(
-        all=True, filters={"ancestor": bad, "label": f"io.conveyor.test={stack['run']}"})]
+    leftovers = [
+        c.name
+        for c in client.containers.list(
+            all=True, filters={"ancestor": bad, "label": f"io.conveyor.test={stack['run']}"}
+        )
+    ]
     assert leftovers == []
 
 
-def test_cli_reports_a_missing_image_in_one_line(stack, capsys):
-    code = dp.main(["--image", "conveyor-test/does-not-exist:v0", "--network", stack["network"],
-                    "--gateway", stack["gateway"], "--upstream-file",
-                    str(stack["upstream_file"])])
+def test_cli_reports_a_missing_image_in_one_line(stack, capsys, monkeypatch):
+    for name, value in (
+        ("DEPLOY_TARGET", "compose"),
+        ("SERVING_NETWORK", stack["network"]),
+        ("GATEWAY_CONTAINER", stack["gateway"]),
+        ("GATEWAY_UPSTREAM_FILE", str(stack["upstream_file"])),
+        ("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")),
+    ):
+        monkeypatch.setenv(name, value)
+    code = release_deploy.main(["--image", "conveyor-test/does-not-exist:v0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4
-    assert err == ["deploy: failed: image conveyor-test/does-not-exist:v0 does not exist on "
-                   "this engine"]
+    assert err == [
+        "deploy: failed: image conveyor-test/does-not-exist:v0 does not exist on this engine"
+    ]
 
 
 def test_upstream_file_round_trip(tmp_path):
