@@ -4,9 +4,9 @@
         [--ready-timeout 90] [--smoke-file serving_input_example.json] [--label K=V] [--env K=V]
 
 Targets (one module each, same interface: release/target.py):
-  compose     release/compose.py     swap one container behind the nginx gateway
-  swarm       release/swarm.py       rolling update of a replicated Swarm service
-  kubernetes  release/kubernetes.py  rolling update of the serving Deployment (kubectl)
+  compose     release/targets/compose.py     swap one container behind the nginx gateway
+  swarm       release/targets/swarm.py       rolling update of a replicated Swarm service
+  kubernetes  release/targets/kubernetes.py  rolling update of the serving Deployment (kubectl)
 
 Their settings come from the environment (release/settings.py); a missing one is one line
 naming it, exit 2. A release the target rejects (never ready, rolled back) exits 4 with the
@@ -28,9 +28,9 @@ from release import settings as release_settings
 from release.target import Release
 
 TARGETS = {
-    "compose": "release.compose",
-    "swarm": "release.swarm",
-    "kubernetes": "release.kubernetes",
+    "compose": "release.targets.compose",
+    "swarm": "release.targets.swarm",
+    "kubernetes": "release.targets.kubernetes",
 }
 
 

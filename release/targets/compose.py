@@ -41,7 +41,7 @@ DRAIN_SECONDS = 1.0
 SWITCH_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 30  # SIGTERM grace of the old container (it finishes in-flight requests)
 UPSTREAM_TEMPLATE = """\
-# Written by release.compose: the serving container the gateway sends traffic to.
+# Written by release.targets.compose: the serving container the gateway sends traffic to.
 upstream conveyor_serving {{
     server {target} max_fails=0;
     keepalive 16;

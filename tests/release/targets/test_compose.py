@@ -14,9 +14,9 @@ import uuid
 
 import pytest
 
-from release import compose as dp
 from release import deploy as release_deploy
 from release.target import DeployError, Release, http_json
+from release.targets import compose as dp
 from tests.helpers.load import OpenLoopClient
 from tests.release.fakes import build_fake, project_image
 
