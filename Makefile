@@ -79,3 +79,13 @@ retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait
 bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on the demo model (needs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	python benchmarks/serving/bench.py
+
+# ---- Swarm across engine nodes on this machine (scripts/swarm.sh, release/swarm/stack.yaml) ----
+# Settings from the environment or .env (SWARM_*, SERVING_REPLICAS/CPUS/MEMORY_MB; see
+# release/README.md); SWARM_SERVING_IMAGE is the baked serving image it serves first.
+.PHONY: swarm-up swarm-down
+swarm-up: engine base-images ## a multi-node Swarm in containers serving SWARM_SERVING_IMAGE
+	@bash scripts/swarm.sh up
+
+swarm-down: ## remove the local Swarm: its nodes, registry, proxy, volumes and network
+	@bash scripts/swarm.sh down

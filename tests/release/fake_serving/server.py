@@ -1,7 +1,9 @@
 """A stand-in prediction server for the deploy tests: the serving API's shape, no model.
 
 GET /health, /ready (503 while READY=0), /metadata; POST /predict and /invocations answer with
-MODEL_VERSION. SIGTERM closes the listener and finishes the requests in flight.
+MODEL_VERSION. SIGTERM closes the listener, finishes the requests in flight and closes
+kept-alive connections after their next answer (or 5 s idle), like uvicorn's graceful stop:
+without that, a proxy's pooled connection would keep an old replica answering.
 """
 
 import json
@@ -12,10 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = os.environ.get("MODEL_VERSION", "0")
 READY = os.environ.get("READY", "1") != "0"
+STOPPING = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Idle keep-alive connections end after this (longer than the gateways' own idle timeouts).
+    timeout = 5
 
     def log_message(self, *args):
         pass
@@ -25,6 +30,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if STOPPING.is_set():
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -49,6 +57,13 @@ class Handler(BaseHTTPRequestHandler):
 
 server = ThreadingHTTPServer(("0.0.0.0", 8000), Handler)
 server.daemon_threads = False
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+
+
+def stop(*_):
+    STOPPING.set()
+    threading.Thread(target=server.shutdown).start()
+
+
+signal.signal(signal.SIGTERM, stop)
 server.serve_forever()
 server.server_close()
