@@ -53,8 +53,7 @@ def pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def run(release: Release) -> dict[str, Any]:
     """Deploy `release` to the target of the environment's DEPLOY_TARGET."""
-    choice = release_settings.load(release_settings.ReleaseSettings).DEPLOY_TARGET
-    target = importlib.import_module(TARGETS[choice])
+    target = importlib.import_module(TARGETS[release_settings.deploy_target()])
     return target.deploy(release, release_settings.load(target.Settings))
 
 

@@ -73,12 +73,13 @@ def test_compose_keeps_the_dags_names(monkeypatch, tmp_path):
         ("GATEWAY_CONTAINER", "gw"),
         ("GATEWAY_UPSTREAM_FILE", str(tmp_path / "u.conf")),
         ("SERVING_MEMORY_MB", "512"),
+        ("SERVING_CPUS", "0.5"),
     ):
         monkeypatch.setenv(name, value)
     settings = rs.load(rs.ComposeSettings)
     assert (settings.SERVING_NETWORK, settings.GATEWAY_CONTAINER) == ("net", "gw")
     assert settings.GATEWAY_UPSTREAM_FILE == tmp_path / "u.conf"
-    assert settings.SERVING_MEMORY_MB == 512 and settings.SERVING_CPUS == 1.0
+    assert settings.SERVING_MEMORY_MB == 512 and settings.SERVING_CPUS == 0.5
 
 
 @pytest.mark.parametrize("flag", ["--label", "--env"])

@@ -169,6 +169,8 @@ def test_cli_reports_a_missing_image_in_one_line(stack, capsys, monkeypatch):
         ("SERVING_NETWORK", stack["network"]),
         ("GATEWAY_CONTAINER", stack["gateway"]),
         ("GATEWAY_UPSTREAM_FILE", str(stack["upstream_file"])),
+        ("SERVING_MEMORY_MB", "256"),
+        ("SERVING_CPUS", "1"),
         ("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")),
     ):
         monkeypatch.setenv(name, value)
