@@ -38,7 +38,7 @@ test: setup engine images test-dags ## every test: unit, integration, docker and
 AIRFLOW_VENV := .build/venv-airflow
 test-dags: ## DAG integrity tests (tests/dags) in a venv with the airflow group
 	@bash scripts/ensure-uv.sh >/dev/null
-	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev
+	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev --group release
 	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/dags
 
 test-fast: setup ## the tests that need no Docker engine

@@ -189,3 +189,11 @@ class ConveyorDockerOperator(DockerOperator):
         if self.json_xcom:
             return _last_json(result if isinstance(result, list) else [result], self.task_id)
         return result
+
+
+# CONVEYOR_EXECUTION=kubernetes: the same tasks as Kubernetes pods (dags/conveyor_kubernetes.py).
+EXECUTION = setting("CONVEYOR_EXECUTION", "docker")
+if EXECUTION == "kubernetes":
+    from conveyor_kubernetes import ConveyorPodOperator as ConveyorDockerOperator  # noqa: F401
+elif EXECUTION != "docker":
+    raise ValueError(f"CONVEYOR_EXECUTION={EXECUTION!r}: docker or kubernetes")

@@ -51,7 +51,7 @@ workspace volume; the task log shows the container's output.
 | `register` | MLflow registration + quality gate; XCom: version, scores, decision |
 | `decide_deploy` | promoted, or `force_deploy` / `deploy_image` set → build and deploy |
 | `build_serving_image` | serving image with the model baked in, tagged with the model version |
-| `deploy` | rolls the image out on `DEPLOY_TARGET` (compose swap, Swarm rolling update); never ready: the old one serves on |
+| `deploy` | rollout on `DEPLOY_TARGET` (compose swap, Swarm update); never ready: old serves on |
 
 **Params** (UI "Trigger DAG w/ config", REST `conf`, `make retrain DATE=... CONF='{...}'`):
 `force_deploy`, `source` (e.g. `s3://landing/daily/{date}.csv`), `train` (overrides of the
