@@ -69,7 +69,7 @@ def swarm_stack():
         client.images.remove(first, force=True)
 
 
-def test_a_retrain_run_deploys_to_three_replicas_on_the_swarm_under_load(swarm_stack, record):
+def test_a_retrain_run_deploys_to_three_replicas_on_the_swarm_under_load(swarm_stack, record):  # noqa: F811
     runs, gateway = swarm_stack
     start = time.monotonic()
     with OpenLoopClient(
