@@ -273,8 +273,8 @@ def test_bad_cloudrun_settings_are_named(monkeypatch):
         manifests.render_cloudrun(settings, IMAGE)
 
 
-def test_cli_prints_yaml_documents(monkeypatch):
-    env = {**KUBE, "PATH": "/usr/bin:/bin"}
+def test_cli_prints_yaml_documents(tmp_path):
+    env = {**KUBE, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
         [
             sys.executable,

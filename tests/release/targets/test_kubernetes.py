@@ -34,6 +34,7 @@ def test_an_unreachable_cluster_fails_the_release_with_kubectls_reason(
             }
         )
     )
+    monkeypatch.setenv("HOME", str(tmp_path))  # kubectl keeps its cache under $HOME/.kube
     for name, value in {
         "DEPLOY_TARGET": "kubernetes",
         "KUBECONFIG": str(kubeconfig),
