@@ -58,6 +58,15 @@ exposed_port() { # image -> its one EXPOSEd TCP port
     | tr ' ' '\n' | sed -n 's#/tcp$##p' | head -n1
 }
 
+http_ok() { # port path -> status 200 from 127.0.0.1:port (bash's /dev/tcp: no HTTP client)
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\n\r\n' "$2" >&3
+  head -n1 <&3 | grep -q ' 200 '
+  local ok=$?
+  exec 3<&- 3>&-
+  return $ok
+}
+
 ip_of() { # container -> its address on the swarm's network
   "$DOCKER" inspect -f "{{(index .NetworkSettings.Networks \"$P\").IPAddress}}" "$1"
 }
@@ -130,7 +139,7 @@ up() {
   for i in $(seq 1 "$SWARM_NODES"); do
     wait_for "engine $P-node-$i" "$WAIT_S" "$DOCKER" exec "$P-node-$i" docker info
   done
-  wait_for "registry $P-registry" "$WAIT_S" curl -fsS "http://127.0.0.1:$SWARM_REGISTRY_PORT/v2/"
+  wait_for "registry $P-registry" "$WAIT_S" http_ok "$SWARM_REGISTRY_PORT" /v2/
 
   if [ "$("$DOCKER" exec "$manager" docker info -f '{{.Swarm.LocalNodeState}}')" != active ]; then
     "$DOCKER" exec "$manager" docker swarm init --advertise-addr "$(ip_of "$manager")" >/dev/null
@@ -166,7 +175,7 @@ up() {
     local want="$SERVING_REPLICAS/$SERVING_REPLICAS 1/1"
     [ "$("$DOCKER" exec "$manager" docker service ls --filter "label=com.docker.stack.namespace=$SWARM_STACK" \
         --format '{{.Replicas}}' | sort -r | xargs)" = "$want" ] \
-      && curl -fsS "http://127.0.0.1:$SWARM_GATEWAY_PORT/ready" >/dev/null
+      && http_ok "$SWARM_GATEWAY_PORT" /ready
   }
   wait_for "stack $SWARM_STACK" "$WAIT_S" converged
   say "stack $SWARM_STACK serves on 127.0.0.1:$SWARM_GATEWAY_PORT ($((SECONDS - start))s)"

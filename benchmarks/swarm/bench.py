@@ -244,13 +244,16 @@ def main() -> int:
         f"\nSwarm serving through the gateway: {what}; 3 engine nodes on {os.cpu_count()} "
         f"cores, {args.cpus} CPU limit per replica, wrk -c{CONNECTIONS} {args.duration} s\n"
     )
-    print("| replicas | req/s | p50 ms | p99 ms | errors | CPU per replica (cores) |")
-    print("|---:|---:|---:|---:|---:|---|")
+    print(
+        "| replicas | req/s | p50 ms | p99 ms | errors | CPU per replica (cores) "
+        "| gateway CPU | load avg |"
+    )
+    print("|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         cpu = ", ".join(f"{c:.2f}" for c in r["cpu"])
         print(
             f"| {r['replicas']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['errors']} | {cpu} |"
+            f"{r['errors']} | {cpu} | {r['gateway']:.2f} | {r['load']:.1f} |"
         )
     if deploy_row:
         print(

@@ -26,7 +26,6 @@ from release.target import DeployError, Release, engine
 Settings = SwarmSettings
 
 POLL_S = 1.0
-FAILED_STATES = ("failed", "rejected")
 ROLLED_BACK = ("rollback_completed", "rollback_paused")
 
 
@@ -78,12 +77,14 @@ def replicas(service: dict) -> int:
 
 class Watch:
     """What the tasks of the new image did while we polled: the release's failure reason is
-    what Swarm saw (a task that stayed `starting` never passed its healthcheck)."""
+    what Swarm saw. A task seen `starting` (container up, healthcheck not yet passed) and never
+    `running` never passed its healthcheck, however it ended (Swarm stops it, it exits 0)."""
 
     def __init__(self, manager, name: str, image: str):
         self.manager, self.name, self.image = manager, name, image
         self.nodes: dict[str, str] = {}
-        self.tasks: dict[str, dict] = {}
+        self.tasks: dict[str, dict] = {}  # the new image's tasks, as last seen
+        self.states: dict[str, list[str]] = {}  # and every state each was seen in
         self.rollback_message = ""
 
     def node(self, node_id: str) -> str:
@@ -92,25 +93,26 @@ class Watch:
         return self.nodes.get(node_id, "no node")
 
     def observe(self) -> list[dict]:
-        """All tasks of the service now. For the new image's tasks it keeps the last status
-        seen while Swarm still wanted them running, or their failure: a rollback then stops
-        them, which would hide how far they got."""
+        """All tasks of the service now (and the new image's ones remembered)."""
         tasks = self.manager.api.tasks(filters={"service": self.name})
         for t in tasks:
-            wanted = t["DesiredState"] == "running" or t["Status"]["State"] in FAILED_STATES
-            if image_of(t) == self.image and (wanted or t["ID"] not in self.tasks):
+            if image_of(t) == self.image:
                 self.tasks[t["ID"]] = t
+                seen = self.states.setdefault(t["ID"], [])
+                if not seen or seen[-1] != t["Status"]["State"]:
+                    seen.append(t["Status"]["State"])
         return tasks
 
     def reasons(self) -> str:
         lines = []
-        for t in list(self.tasks.values())[-3:]:
-            status = t["Status"]
+        for task_id, t in list(self.tasks.items())[-3:]:
+            status, states = t["Status"], self.states[task_id]
             err = status.get("Err") or status.get("Message") or ""
-            hint = " (its healthcheck never passed)" if status["State"] == "starting" else ""
+            never = "starting" in states and "running" not in states
+            hint = ": it never passed its healthcheck" if never else ""
             lines.append(
-                f"task {t['ID'][:12]} on {self.node(t.get('NodeID', ''))}: "
-                f"last seen {status['State']}{hint}: {err}"
+                f"task {task_id[:12]} on {self.node(t.get('NodeID', ''))} went "
+                f"{' -> '.join(states)} ({err}){hint}"
             )
         return "; ".join(lines) or "no task of the new image was seen"
 

@@ -21,6 +21,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Idle keep-alive connections end after this (longer than the gateways' own idle timeouts).
     timeout = 5
+    # Headers and body are two writes: without TCP_NODELAY the body waits ~40 ms for the
+    # proxy's delayed ACK (measured: every answer took 44 ms through the swarm's gateway).
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
