@@ -58,8 +58,8 @@ image-report: ## size, layers, user, healthcheck and labels of every project ima
 
 # ---- the Compose stack (airflow/docker-compose.yaml, scripts/stack.sh) ----
 .PHONY: up down clean logs ps retrain
-up: engine base-images images ## start the stack (Airflow, MLflow, S3, serving), wait until healthy, first retrain run
-	@bash scripts/stack.sh up
+up: setup ## engine, images, the stack (Airflow, MLflow, S3, serving) healthy, then the first retrain run
+	@bash scripts/up.sh
 
 down: ## stop the stack, keep its data (volumes)
 	@bash scripts/stack.sh down

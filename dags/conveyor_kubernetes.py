@@ -12,7 +12,9 @@ How a Docker task maps onto a pod:
   exit codes               3 skips (validate), 2 and 4 fail without retry, like the Docker tasks
 
 Settings (the Airflow containers' environment): KUBE_NAMESPACE, KUBE_TASK_SECRET,
-KUBE_PROJECT_CONFIGMAP, KUBE_TASK_SERVICE_ACCOUNT. A missing one fails the task naming it.
+KUBE_PROJECT_CONFIGMAP, KUBE_TASK_SERVICE_ACCOUNT, and CONVEYOR_TASK_MEMORY_LIMIT (Docker's
+`2g`, a Kubernetes `2Gi` here) like the Docker tasks. A missing one fails the DAG's import
+naming it.
 """
 
 from __future__ import annotations
@@ -27,19 +29,22 @@ from conveyor_operator import (
     PUBLIC_ENV,
     RETRY_ARGS,
     setting,
-    train_image,
+    workspace_mount,
 )
 from kubernetes.client import models as k8s
 
-SETTINGS = (
-    "KUBE_NAMESPACE",
-    "KUBE_TASK_SECRET",
-    "KUBE_PROJECT_CONFIGMAP",
-    "KUBE_TASK_SERVICE_ACCOUNT",
-)
 XCOM_FILE = "/airflow/xcom/return.json"
 # The training and release images' user (pipelines/Dockerfile, release/Dockerfile).
 TASK_UID = 1000
+
+
+def quantity(docker_size: str) -> str:
+    """Docker's memory size (512m, 2g) as a Kubernetes quantity (512Mi, 2Gi)."""
+    number, unit = docker_size[:-1], docker_size[-1].lower()
+    units = {"k": "Ki", "m": "Mi", "g": "Gi"}
+    if unit not in units or not number.isdigit():
+        raise ValueError(f"CONVEYOR_TASK_MEMORY_LIMIT={docker_size!r}: a number and k, m or g")
+    return f"{number}{units[unit]}"
 
 
 def with_xcom_file(command: list[str]) -> list[str]:
@@ -103,18 +108,18 @@ class ConveyorPodOperator(KubernetesPodOperator):
         image: str | None = None,
         **kwargs,
     ):
-        from conveyor_operator import workspace_mount
-
         del network  # pods share the cluster's network; services are reached by their names
+        image = image or setting("TRAIN_IMAGE")
         env = {name: os.environ[name] for name in PUBLIC_ENV if os.environ.get(name)}
         env.update(extra_env or {})
+        env["CONVEYOR_IMAGE"] = image
         volumes, volume_mounts = pod_volumes(
             mounts or [workspace_mount()], setting("KUBE_PROJECT_CONFIGMAP")
         )
         for key, value in RETRY_ARGS.items():
             kwargs.setdefault(key, value)
         super().__init__(
-            image=image or train_image() or "TRAIN_IMAGE-is-not-set",
+            image=image,
             cmds=[],
             arguments=with_xcom_file(command) if json_xcom else list(command),
             env_vars=env,
@@ -123,8 +128,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
                     secret_ref=k8s.V1SecretEnvSource(name=setting("KUBE_TASK_SECRET"))
                 )
             ],
-            namespace=setting("KUBE_NAMESPACE") or None,
-            service_account_name=setting("KUBE_TASK_SERVICE_ACCOUNT") or None,
+            namespace=setting("KUBE_NAMESPACE"),
+            service_account_name=setting("KUBE_TASK_SERVICE_ACCOUNT"),
             volumes=volumes,
             volume_mounts=volume_mounts,
             labels={"app.kubernetes.io/part-of": "conveyor", "app.kubernetes.io/component": "task"},
@@ -140,7 +145,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
                 allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
             ),
             container_resources=k8s.V1ResourceRequirements(
-                requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "4Gi"}
+                requests={"cpu": "500m", "memory": "1Gi"},
+                limits={"memory": quantity(setting("CONVEYOR_TASK_MEMORY_LIMIT"))},
             ),
             do_xcom_push=json_xcom,
             # The command's one-line reason (`<stage>: failed: ...`) becomes the pod's message.
@@ -149,15 +155,6 @@ class ConveyorPodOperator(KubernetesPodOperator):
             get_logs=True,
             **kwargs,
         )
-
-    def execute(self, context):
-        missing = [name for name in SETTINGS if not setting(name)]
-        if missing:
-            raise AirflowFailException(
-                f"CONVEYOR_EXECUTION=kubernetes needs {', '.join(missing)} in the Airflow "
-                "containers' environment"
-            )
-        return super().execute(context)
 
     def cleanup(self, pod, remote_pod, xcom_result=None, context=None):
         """Exit codes 2 (bad input) and 4 (release rejected) fail without retry."""

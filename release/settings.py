@@ -57,6 +57,8 @@ class ComposeSettings(Sizing):
     SERVING_NETWORK: str
     GATEWAY_CONTAINER: str
     GATEWAY_UPSTREAM_FILE: Path
+    # Serving containers are named <prefix>-<image tag>-<image id>.
+    SERVING_CONTAINER_PREFIX: str
 
 
 class SwarmSettings(Sizing):

@@ -1,14 +1,20 @@
-"""Small client of Airflow 3's REST API (v2) for the Conveyor stack: stdlib only.
+"""Small client of Airflow 3's REST API (v2) for the Conveyor stack.
 
     python scripts/airflow_api.py dags                       # DAG ids, paused state
     python scripts/airflow_api.py import-errors              # exit 1 if any
     python scripts/airflow_api.py trigger retrain [--date YYYY-MM-DD] [--conf JSON] [--wait S]
     python scripts/airflow_api.py wait-dag retrain [--timeout S]
-    python scripts/airflow_api.py first-run retrain          # make up: once, if the DAG has no run
+    python scripts/airflow_api.py first-run retrain [--wait S]   # make up: once, if no run yet
+
+`trigger` refuses, in one line and before any run is created, a malformed or future logical
+date (Airflow 3.3 accepts a future one and leaves the run `running` until that day) and a conf
+that does not match the DAG's params (an unknown key, or a value its param's JSON schema
+rejects; the params are read from the DAG itself). Exit codes: 0 ok, 1 the run failed or the
+API answered an error, 2 a bad argument.
 
 Base URL and credentials: AIRFLOW_URL (default http://127.0.0.1:$AIRFLOW_PORT) and
-AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD from the environment, else from the repo's .env.
-Tests import `AirflowClient` from here.
+AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD from the environment, else from the stack's env
+file ($CONVEYOR_ENV_FILE, default .env). Tests import `AirflowClient` from here.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ class AirflowError(RuntimeError):
     pass
 
 
-def read_env_file(path: Path = ROOT / ".env") -> dict[str, str]:
+class BadTrigger(ValueError):
+    """A trigger that must not reach Airflow (exit code 2)."""
+
+
+def stack_env_file() -> Path:
+    return Path(os.environ.get("CONVEYOR_ENV_FILE") or ROOT / ".env")
+
+
+def read_env_file(path: Path | None = None) -> dict[str, str]:
+    path = path or stack_env_file()
     values: dict[str, str] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -49,7 +64,7 @@ def settings() -> tuple[str, str, str]:
     )
     password = env.get("AIRFLOW_ADMIN_PASSWORD", "")
     if not password:
-        raise AirflowError("AIRFLOW_ADMIN_PASSWORD is not set (environment or .env)")
+        raise AirflowError(f"AIRFLOW_ADMIN_PASSWORD is not set (environment or {stack_env_file()})")
     return url.rstrip("/"), env.get("AIRFLOW_ADMIN_USER") or "admin", password
 
 
@@ -86,8 +101,10 @@ class AirflowClient:
     def token(self) -> str:
         if self._token is None:
             status, body = self._send(
-                "POST", "/auth/token",
-                {"username": self.username, "password": self.password}, auth=False,
+                "POST",
+                "/auth/token",
+                {"username": self.username, "password": self.password},
+                auth=False,
             )
             if status not in (200, 201) or not isinstance(body, dict):
                 raise AirflowError(f"POST /auth/token answered {status}: {body}")
@@ -113,6 +130,11 @@ class AirflowClient:
     def import_errors(self) -> list[dict]:
         return self.request("GET", "/api/v2/importErrors?limit=1000")["import_errors"]
 
+    def dag_params(self, dag_id: str) -> dict[str, dict]:
+        """The DAG's params as {name: {"value": default, "schema": JSON schema, ...}}."""
+        details = self.request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/details")
+        return details.get("params") or {}
+
     def dag_runs(self, dag_id: str, limit: int = 100) -> list[dict]:
         q = urllib.parse.quote(dag_id)
         path = f"/api/v2/dags/{q}/dagRuns?limit={limit}&order_by=-run_after"
@@ -122,8 +144,13 @@ class AirflowClient:
         q = urllib.parse.quote(dag_id)
         self.request("PATCH", f"/api/v2/dags/{q}?update_mask=is_paused", {"is_paused": paused})
 
-    def trigger(self, dag_id: str, logical_date: str | None, conf: dict | None = None,
-                run_id: str | None = None) -> dict:
+    def trigger(
+        self,
+        dag_id: str,
+        logical_date: str | None,
+        conf: dict | None = None,
+        run_id: str | None = None,
+    ) -> dict:
         body: dict = {"logical_date": logical_date, "conf": conf or {}}
         if run_id:
             body["dag_run_id"] = run_id
@@ -152,25 +179,60 @@ class AirflowClient:
                 return found[0]
             if time.monotonic() > deadline:
                 errors = [e.get("filename") for e in self.import_errors()]
-                raise AirflowError(f"DAG {dag_id} not listed after {timeout}s "
-                                   f"(import errors in: {errors or 'none'})")
+                raise AirflowError(
+                    f"DAG {dag_id} not listed after {timeout}s "
+                    f"(import errors in: {errors or 'none'})"
+                )
             time.sleep(poll)
 
 
-def logical_date_of(day: str | None) -> str:
+def logical_date_of(day: str | None, now: datetime | None = None) -> str:
+    """Midnight UTC of `day` (YYYY-MM-DD; default today) for Airflow; never in the future."""
+    now = now or datetime.now(UTC)
     if not day:
-        return datetime.now(UTC).strftime("%Y-%m-%dT00:00:00Z")
+        return now.strftime("%Y-%m-%dT00:00:00Z")
     try:
-        return datetime.strptime(day, "%Y-%m-%d").strftime("%Y-%m-%dT00:00:00Z")
+        logical = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
-        raise AirflowError(f"--date {day!r} is not a date of the form YYYY-MM-DD") from None
+        raise BadTrigger(f"--date {day!r} is not a date of the form YYYY-MM-DD") from None
+    if logical > now:
+        raise BadTrigger(
+            f"--date {day} is in the future (now {now:%Y-%m-%d %H:%M} UTC): Airflow "
+            "would keep the run waiting until then; use today or an earlier date"
+        )
+    return logical.strftime("%Y-%m-%dT00:00:00Z")
 
 
-def trigger_and_maybe_wait(client: AirflowClient, dag_id: str, day: str | None, conf: dict,
-                           wait: float) -> int:
+def check_conf(dag_id: str, conf: object, params: dict[str, dict]) -> dict:
+    """`conf` if it is an object whose every key is a param of the DAG with a value its schema
+    accepts; else BadTrigger naming the key."""
+    import jsonschema
+
+    if not isinstance(conf, dict):
+        raise BadTrigger("--conf must be a JSON object")
+    for key, value in conf.items():
+        if key not in params:
+            raise BadTrigger(
+                f"--conf key {key!r} is not a param of {dag_id} "
+                f"(its params: {', '.join(sorted(params))})"
+            )
+        schema = params[key].get("schema") or {}
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            where = "".join(f"[{p!r}]" for p in exc.absolute_path)
+            raise BadTrigger(f"--conf key {key!r}{where}: {exc.message}") from None
+    return conf
+
+
+def trigger_and_maybe_wait(
+    client: AirflowClient, dag_id: str, day: str | None, conf: object, wait: float
+) -> int:
+    logical_date = logical_date_of(day)
     client.wait_dag(dag_id, timeout=120)
+    conf = check_conf(dag_id, conf, client.dag_params(dag_id))
     client.set_paused(dag_id, False)
-    run = client.trigger(dag_id, logical_date_of(day), conf)
+    run = client.trigger(dag_id, logical_date, conf)
     print(f"triggered {dag_id} run {run['dag_run_id']} (logical date {run.get('logical_date')})")
     if wait <= 0:
         return 0
@@ -179,9 +241,10 @@ def trigger_and_maybe_wait(client: AirflowClient, dag_id: str, day: str | None, 
     return 0 if run["state"] == "success" else 1
 
 
-def first_run(client: AirflowClient, dag_id: str) -> int:
+def first_run(client: AirflowClient, dag_id: str, wait: float) -> int:
     """Once per stack: unpause the DAG; if the scheduler does not start a run by itself within
-    a few seconds, trigger one for today. Does nothing when the DAG already has runs."""
+    a few seconds, trigger one for today; then wait up to `wait` seconds for that run's end.
+    Does nothing when the DAG already has runs."""
     print(f"first run: waiting for DAG {dag_id} to be listed", file=sys.stderr)
     client.wait_dag(dag_id, timeout=120)
     if client.dag_runs(dag_id, limit=1):
@@ -189,16 +252,26 @@ def first_run(client: AirflowClient, dag_id: str) -> int:
         return 0
     client.set_paused(dag_id, False)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    run = None
+    while run is None and time.monotonic() < deadline:
         runs = client.dag_runs(dag_id, limit=1)
         if runs:
-            print(f"first run: the scheduler started {runs[0]['dag_run_id']}", file=sys.stderr)
-            return 0
-        time.sleep(3)
-    run = client.trigger(dag_id, logical_date_of(None), {})
-    print(f"first run: triggered {dag_id} run {run['dag_run_id']} "
-          f"(follow it in the Airflow UI)", file=sys.stderr)
-    return 0
+            run = runs[0]
+            print(f"first run: the scheduler started {run['dag_run_id']}", file=sys.stderr)
+        else:
+            time.sleep(3)
+    if run is None:
+        run = client.trigger(dag_id, logical_date_of(None), {})
+        print(f"first run: triggered {dag_id} run {run['dag_run_id']}", file=sys.stderr)
+    if wait <= 0:
+        return 0
+    print(
+        f"first run: waiting up to {wait:.0f}s for it (follow it in the Airflow UI)",
+        file=sys.stderr,
+    )
+    run = client.wait_run(dag_id, run["dag_run_id"], timeout=wait)
+    print(f"first run: {run['dag_run_id']} {run['state']}", file=sys.stderr)
+    return 0 if run["state"] == "success" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--timeout", type=float, default=120)
     f = sub.add_parser("first-run")
     f.add_argument("dag_id")
+    f.add_argument("--wait", type=float, default=0, help="seconds to wait for the run's end")
     args = parser.parse_args(argv)
 
     try:
@@ -233,15 +307,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 conf = json.loads(args.conf)
             except ValueError as exc:
-                raise AirflowError(f"--conf is not JSON: {exc}") from None
-            if not isinstance(conf, dict):
-                raise AirflowError("--conf must be a JSON object")
+                raise BadTrigger(f"--conf is not JSON: {exc}") from None
             return trigger_and_maybe_wait(client, args.dag_id, args.date, conf, args.wait)
         if args.cmd == "wait-dag":
             print(client.wait_dag(args.dag_id, args.timeout)["dag_id"])
             return 0
         if args.cmd == "first-run":
-            return first_run(client, args.dag_id)
+            return first_run(client, args.dag_id, args.wait)
+    except BadTrigger as exc:
+        print(f"airflow_api: {exc}", file=sys.stderr)
+        return 2
     except AirflowError as exc:
         print(f"airflow_api: {exc}", file=sys.stderr)
         return 1

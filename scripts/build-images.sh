@@ -36,6 +36,8 @@ IMAGES=(
 )
 
 say() { echo "build-images: $*" >&2; }
+# Under `make up` (scripts/up.sh): a progress line per image, build output to .build/logs/.
+progress() { [ -z "${CONVEYOR_UP_START:-}" ] || printf 'up: [%4ss] %s\n' "$(($(date +%s) - CONVEYOR_UP_START))" "$*" >&2; }
 
 # BuildKit only where the client can drive it (Debian's 20.10 client can; a client without
 # buildx or BuildKit support falls back to the classic builder).
@@ -97,8 +99,9 @@ content_tag() {
     if [ "${#ignored[@]}" -gt 0 ]; then
       find "${ignored[@]}" -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
     fi
-    for ref in "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$DEBIAN_IMAGE" "${resolved[BUILDER_IMAGE]:-}"; do
-      [ -n "$ref" ] || continue
+    local builder=""
+    grep -Eq '^ARG BUILDER_IMAGE(=|$)' "$dockerfile" && builder=${resolved[BUILDER_IMAGE]:?no builder image}
+    for ref in "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$DEBIAN_IMAGE" $builder; do
       "$DOCKER" image inspect -f '{{.Id}}' "$ref" 2>/dev/null || echo "$ref"
     done
     echo "uv=$UV_VERSION"
@@ -121,7 +124,7 @@ build_one() { # name dockerfile
   tag=$(content_tag "$dockerfile")
   ref="conveyor/$name:$tag"
   if [ "${FORCE_BUILD:-0}" != 1 ] && "$DOCKER" image inspect "$ref" >/dev/null 2>&1; then
-    say "$ref is up to date"; echo "$ref"; return
+    say "$ref is up to date"; progress "image $name: up to date ($ref)"; echo "$ref"; return
   fi
   # Build args only for the ARGs the Dockerfile declares (no "not consumed" warnings).
   local GIT_COMMIT; GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -133,6 +136,11 @@ build_one() { # name dockerfile
   say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
   local start=$SECONDS dangling_before
   dangling_before=$("$DOCKER" images -q --no-trunc -f dangling=true | sort)
+  local log=/dev/stderr
+  if [ -n "${CONVEYOR_UP_START:-}" ]; then
+    mkdir -p .build/logs; log=.build/logs/build-$name.log
+    progress "image $name: building (log: $log)"
+  fi
   if ! "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
     --label "org.opencontainers.image.title=conveyor-$name" \
     --label "org.opencontainers.image.source=$SOURCE_URL" \
@@ -140,7 +148,8 @@ build_one() { # name dockerfile
     --label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --label "org.opencontainers.image.version=$tag" \
     --label "org.opencontainers.image.base.name=$(final_base "$dockerfile")" \
-    . >&2; then
+    . >>"$log" 2>&1; then
+    [ "$log" = /dev/stderr ] || tail -n 40 "$log" >&2
     say "building $ref failed (see above)"
     say "TLS errors (CERTIFICATE_VERIFY_FAILED)? Builds trust ${extra_ca:-no extra CA} (EXTRA_CA_CERTS): point it at your proxy's CA bundle"
     return 1
@@ -152,6 +161,7 @@ build_one() { # name dockerfile
       | xargs -r "$DOCKER" rmi >/dev/null 2>&1 || true
   fi
   say "built $ref in $((SECONDS - start))s"
+  progress "image $name: built in $((SECONDS - start))s ($ref)"
   echo "$ref"
 }
 

@@ -13,7 +13,7 @@ The procedure (measured on this machine to lose no request at 200 req/s):
    (SIGTERM, graceful) and remove the old container.
 
 Re-running with the image that is already live does nothing. Serving containers are named
-`<SERVING_NETWORK>-<image tag>-<image id>`; their port is the one the image EXPOSEs.
+`<SERVING_CONTAINER_PREFIX>-<image tag>-<image id>`; their port is the one the image EXPOSEs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Swap:
     network: str
     gateway: str  # gateway container name
     upstream_file: Path
+    name_prefix: str
     memory_mb: int
     hardened: bool = True  # read-only root fs, no capabilities, no-new-privileges
 
@@ -69,6 +70,7 @@ class Swap:
             network=settings.SERVING_NETWORK,
             gateway=settings.GATEWAY_CONTAINER,
             upstream_file=settings.GATEWAY_UPSTREAM_FILE,
+            name_prefix=settings.SERVING_CONTAINER_PREFIX,
             memory_mb=settings.SERVING_MEMORY_MB,
         )
 
@@ -270,7 +272,7 @@ def swap_in(client, swap: Swap) -> dict[str, Any]:
             "changed": False,
         }
 
-    name = container_name(swap.network, image_ref, image.id)
+    name = container_name(swap.name_prefix, image_ref, image.id)
     print(f"deploy: starting {name} from {image_ref} on {swap.network}", file=sys.stderr)
     new = start_candidate(client, swap, image, name)
     try:

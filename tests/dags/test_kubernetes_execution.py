@@ -28,14 +28,16 @@ from kubernetes.client import ApiClient  # noqa: E402
 from kubernetes.client import models as k8s  # noqa: E402
 
 from release.manifests import validate  # noqa: E402
+from tests.dags.test_retrain_dag import SETTINGS  # noqa: E402
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
+# What Compose gives the Airflow containers (.env.example, as the DAG integrity tests read it)
+# with registry images, credentials that must never be rendered, and the kubernetes settings.
 ENV = {
+    **SETTINGS,
     "TRAIN_IMAGE": "registry.example.test/conveyor/train:0123456789ab",
     "RELEASE_IMAGE": "registry.example.test/conveyor/release:0123456789ab",
     "SERVING_IMAGE": "registry.example.test/conveyor/serving:0123456789ab",
-    "CONVEYOR_WORKSPACE_VOLUME": "conveyor-workspace",
-    "CONVEYOR_HOST_PROJECT_DIR": "/srv/conveyor",
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
     "AWS_ACCESS_KEY_ID": "key-id-not-for-the-pod-spec",
     "AWS_SECRET_ACCESS_KEY": "secret-not-for-the-pod-spec",
@@ -44,6 +46,7 @@ ENV = {
     "KUBE_TASK_SECRET": "conveyor-task-credentials",
     "KUBE_PROJECT_CONFIGMAP": "conveyor-project",
     "KUBE_TASK_SERVICE_ACCOUNT": "conveyor-tasks",
+    "CONVEYOR_TASK_MEMORY_LIMIT": "2g",
 }
 PARAMS = {
     "source": "",
@@ -138,6 +141,7 @@ def test_each_tasks_pod_renders_to_a_valid_hardened_pod(kube_dag):
         (base,) = [c for c in spec["containers"] if c["name"] == "base"]
         assert base["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert base["envFrom"] == [{"secretRef": {"name": "conveyor-task-credentials"}}]
+        assert base["resources"]["limits"] == {"memory": "2Gi"}
         rendered = json.dumps(pod)
         assert "secret-not-for-the-pod-spec" not in rendered, op.task_id
         assert "key-id-not-for-the-pod-spec" not in rendered, op.task_id
@@ -187,13 +191,22 @@ def test_the_xcom_wrapper_keeps_the_command_and_its_exit_code(
     assert json.loads((tmp_path / "xcom" / "return.json").read_text()) == {"changed": True}
 
 
-def test_missing_kubernetes_settings_fail_the_task_naming_them(kube_dag, monkeypatch):
+def test_a_missing_kubernetes_setting_fails_the_import_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    for name, value in {**ENV, "CONVEYOR_EXECUTION": "kubernetes"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("KUBE_TASK_SECRET")
-    monkeypatch.delenv("KUBE_NAMESPACE")
-    from airflow.sdk.exceptions import AirflowFailException
+    for module in ("conveyor_operator", "conveyor_kubernetes"):
+        sys.modules.pop(module, None)
+    bag = BundleDagBag(str(DAGS), bundle_path=DAGS)
+    (error,) = bag.import_errors.values()
+    assert "KUBE_TASK_SECRET is not set" in error
 
-    with pytest.raises(AirflowFailException, match="needs KUBE_NAMESPACE, KUBE_TASK_SECRET"):
-        kube_dag.get_task("ingest").execute({})
+
+def test_memory_sizes_become_quantities(kube_module):
+    assert kube_module.quantity("2g") == "2Gi" and kube_module.quantity("512m") == "512Mi"
+    with pytest.raises(ValueError, match="CONVEYOR_TASK_MEMORY_LIMIT='2 GB'"):
+        kube_module.quantity("2 GB")
 
 
 def test_exit_codes_are_read_from_the_pod(kube_module):

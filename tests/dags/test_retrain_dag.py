@@ -15,15 +15,46 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-pytest.importorskip("airflow.providers.docker",
-                    reason="apache-airflow is not installed here: run `make test-dags`")
+pytest.importorskip(
+    "airflow.providers.docker", reason="apache-airflow is not installed here: run `make test-dags`"
+)
 
 from airflow.dag_processing.dagbag import BundleDagBag  # noqa: E402
 from airflow.providers.docker.operators.docker import DockerOperator  # noqa: E402
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
 TRAIN_IMAGE = "conveyor/train:0123456789ab"
 RELEASE_IMAGE = "conveyor/release:0123456789ab"
+
+
+def _example_settings() -> dict[str, str]:
+    """What Compose gives the Airflow containers: .env.example's defaults (the one place that
+    names them), the images, the checkout's host path, the proxy as DOCKER_HOST."""
+    pairs = (
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    example = {k.strip(): v.strip() for k, v in pairs}
+    env = {k: v for k, v in example.items() if k.startswith("CONVEYOR_")}
+    return {
+        **env,
+        "RETRAIN_SCHEDULE": example["RETRAIN_SCHEDULE"],
+        "DOCKER_HOST": example["CONVEYOR_DOCKER_HOST"],
+        "TRAIN_IMAGE": TRAIN_IMAGE,
+        "RELEASE_IMAGE": RELEASE_IMAGE,
+        "SERVING_IMAGE": "conveyor/serving:0123456789ab",
+        # The release settings (release/README.md lists them for .env.example).
+        "CONVEYOR_EXECUTION": "docker",
+        "DEPLOY_TARGET": "compose",
+        "SERVING_MEMORY_MB": "1024",
+        "SERVING_CPUS": "1.0",
+        "CONVEYOR_HOST_PROJECT_DIR": "/srv/conveyor",
+    }
+
+
+SETTINGS = _example_settings()
 
 EDGES = {
     "prepare_workspace": {"ingest"},
@@ -42,10 +73,11 @@ EDGES = {
 
 def _load(monkeypatch, tmp_path, **env):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    monkeypatch.setenv("TRAIN_IMAGE", TRAIN_IMAGE)
-    monkeypatch.setenv("RELEASE_IMAGE", RELEASE_IMAGE)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    for key, value in {**SETTINGS, **env}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     sys.modules.pop("conveyor_operator", None)
     bag = BundleDagBag(str(DAGS), bundle_path=DAGS)
     return bag
@@ -66,6 +98,13 @@ def test_dagbag_has_no_import_errors_and_only_the_retrain_dag(bag):
     assert sorted(bag.dags) == ["retrain"]
 
 
+@pytest.mark.parametrize("missing", ["CONVEYOR_TASK_NETWORK", "DOCKER_HOST", "TRAIN_IMAGE"])
+def test_a_missing_setting_fails_the_import_naming_it(monkeypatch, tmp_path, missing):
+    bag = _load(monkeypatch, tmp_path, **{missing: None})
+    errors = "\n".join(bag.import_errors.values())
+    assert f"{missing} is not set" in errors, errors
+
+
 def test_task_graph(dag):
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == EDGES
 
@@ -74,8 +113,14 @@ def test_run_policy_and_params(dag):
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.schedule == "@daily"
-    assert set(dag.params) == {"force_deploy", "source", "train", "min_improvement",
-                               "deploy_image", "ready_timeout"}
+    assert set(dag.params) == {
+        "force_deploy",
+        "source",
+        "train",
+        "min_improvement",
+        "deploy_image",
+        "ready_timeout",
+    }
     assert dag.params["force_deploy"] is False
     assert dag.doc_md and "quarantined" in dag.doc_md
     assert all(t.doc_md for t in dag.tasks), [t.task_id for t in dag.tasks if not t.doc_md]
@@ -90,15 +135,16 @@ def test_schedule_is_configurable(monkeypatch, tmp_path):
 
 def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
     docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
-    assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy",
-                                                              "keep_current_model"}
+    assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy", "keep_current_model"}
     for t in docker_tasks:
         # deploy runs release code (release/), everything else the ML stages.
-        assert t.image == (RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE), t.task_id
+        image = RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE
+        assert t.image == image, t.task_id
         assert t.force_pull is False and t.mount_tmp_dir is False, t.task_id
         assert t.auto_remove == "success", t.task_id
         mounts = {m["Target"]: (m["Source"], m["Type"]) for m in t.mounts}
-        assert mounts["/workspace"] == ("conveyor-workspace", "volume"), t.task_id
+        assert mounts["/workspace"] == (SETTINGS["CONVEYOR_WORKSPACE_VOLUME"], "volume")
+        assert t.environment["CONVEYOR_IMAGE"] == image, t.task_id
         assert t.network_mode, t.task_id
         assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
         assert "AWS_SECRET_ACCESS_KEY" not in t.environment, t.task_id
@@ -108,8 +154,10 @@ def test_validate_skips_on_quarantine_and_deploy_sees_the_gateway(dag):
     assert 3 in dag.get_task("validate").skip_on_exit_code
     deploy = dag.get_task("deploy")
     targets = {m["Target"]: m["Source"] for m in deploy.mounts}
-    assert targets["/gateway"] == "conveyor-gateway"
-    assert deploy.environment["DOCKER_HOST"].startswith("tcp://")
+    assert targets["/gateway"] == SETTINGS["CONVEYOR_GATEWAY_VOLUME"]
+    assert deploy.environment["DOCKER_HOST"] == SETTINGS["CONVEYOR_DOCKER_HOST"]
+    assert deploy.network_mode == SETTINGS["CONVEYOR_SERVING_NETWORK"]
+    assert deploy.environment["GATEWAY_CONTAINER"] == SETTINGS["CONVEYOR_GATEWAY_CONTAINER"]
     assert dag.get_task("register").do_xcom_push is True
 
 
@@ -120,8 +168,11 @@ def test_validate_skips_on_quarantine_and_deploy_sees_the_gateway(dag):
         ({"decision": "already_champion"}, {}, "build_serving_image"),
         ({"decision": "challenger"}, {}, "keep_current_model"),
         ({"decision": "challenger"}, {"force_deploy": True}, "build_serving_image"),
-        ({"decision": "challenger"}, {"deploy_image": "conveyor/serving-model:x-v1"},
-         "build_serving_image"),
+        (
+            {"decision": "challenger"},
+            {"deploy_image": "conveyor/serving-model:x-v1"},
+            "build_serving_image",
+        ),
     ],
 )
 def test_branch_deploys_only_a_promoted_or_forced_model(dag, registration, params, expected):
@@ -132,9 +183,14 @@ def test_branch_deploys_only_a_promoted_or_forced_model(dag, registration, param
 
 def test_commands_render_with_the_runs_params(dag):
     ingest = dag.get_task("ingest")
-    context = {"ds": "2026-01-02", "params": {"source": "s3://landing/{date}.csv",
-                                              "train": {"classifier": "random_forest"},
-                                              "min_improvement": None}}
+    context = {
+        "ds": "2026-01-02",
+        "params": {
+            "source": "s3://landing/{date}.csv",
+            "train": {"classifier": "random_forest"},
+            "min_improvement": None,
+        },
+    }
     rendered = ingest.render_template(ingest.command, context)
     assert rendered[:4] == ["python", "-m", "pipelines.workspace", "run"]
     args = dict(zip(rendered[4:-6:2], rendered[5:-6:2], strict=True))
@@ -148,8 +204,11 @@ def test_operator_reads_exit_codes_and_reasons():
     ops = importlib.import_module("conveyor_operator")
     exc = ops.DockerContainerFailedException("Docker container failed: {'StatusCode': 4}")
     assert ops._exit_code(exc) == 4
-    logs = [b"deploy: starting x", b"deploy: failed: new container not ready after 5 s",
-            b"Traceback-free log tail"]
+    logs = [
+        b"deploy: starting x",
+        b"deploy: failed: new container not ready after 5 s",
+        b"Traceback-free log tail",
+    ]
     assert ops._last_line(logs) == "deploy: failed: new container not ready after 5 s"
     assert ops._last_line([b"only line"]) == "only line"
     summary = ["deploy: ready", '{"changed": false}', "", "INFO: some trailing log line"]

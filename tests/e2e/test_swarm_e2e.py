@@ -1,17 +1,19 @@
-"""DEPLOY_TARGET=swarm end to end: a retrain run deploys its model to the swarm with 3 replicas
-on >= 2 nodes while open-loop load at 200 req/s goes through the swarm's gateway on 127.0.0.1:
-no failed request, the first version's answers, then only the new model's.
+"""DEPLOY_TARGET=swarm end to end, on the test stack: a retrain run deploys its model to a swarm
+of 3 engine nodes with 3 replicas on >= 2 nodes while open-loop load at 200 req/s goes through
+the swarm's gateway on 127.0.0.1: no failed request, the first image's answers, then only the
+new model's.
 
-Needs the stack started with the swarm target's settings in the Airflow containers
-(DEPLOY_TARGET=swarm and the SWARM_* lines `scripts/swarm.sh env` prints) and the swarm from
-`scripts/swarm.sh up` with SWARM_CLIENT_NETWORK set to the stack's serving network, where the
-deploy task runs. The first image the swarm serves is a stand-in (tests/release/fakes).
-Driven through Airflow's REST API only; run by the coordinator's e2e stage.
+The swarm is this test's own (scripts/swarm.sh up, SWARM_CLIENT_NETWORK = the test stack's
+serving network, where the deploy task runs). The stack's Airflow services are recreated with
+DEPLOY_TARGET=swarm and the swarm's settings, and put back on DEPLOY_TARGET=compose at the
+end: this needs airflow/docker-compose.yaml to pass DEPLOY_TARGET and the SWARM_* settings to
+the Airflow containers (release/README.md lists them). Driven through Airflow's REST API.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -19,63 +21,81 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_retrain_e2e import Runs, record  # noqa: F401 - record: a valid body
 from tests.helpers.load import OpenLoopClient
+from tests.helpers.stack import TestStack
 from tests.release.fakes import build_fake
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 200
+AIRFLOW = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _airflow_up(stack: TestStack, **env: str) -> None:
+    stack.script("compose", "up", "-d", "--wait", "--wait-timeout", "480", *AIRFLOW, **env)
 
 
 @pytest.fixture(scope="module")
-def swarm_stack():
+def swarm(test_stack: TestStack):
     import docker
 
-    from scripts.airflow_api import AirflowClient, read_env_file
-
-    env = {**read_env_file(), **os.environ}
-    if env.get("DEPLOY_TARGET") != "swarm":
-        pytest.skip("the stack runs DEPLOY_TARGET=compose: set DEPLOY_TARGET=swarm in .env")
     client = docker.from_env()
-    first = build_fake(
-        client, f"conveyor-test/fake-serving:v0-{uuid.uuid4().hex[:8]}", "0", ready=True
-    )
-    swarm_env = {**env, "SWARM_SERVING_IMAGE": first, "SERVING_REPLICAS": "3"}
-    up = subprocess.run(
-        ["bash", "scripts/swarm.sh", "up"],
-        cwd=ROOT,
-        env=swarm_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert up.returncode == 0, up.stderr[-3000:]
-    wiring = dict(line.split("=", 1) for line in up.stdout.split())
-    airflow = AirflowClient.from_env()
-    airflow.wait_dag("retrain", timeout=180)
-    airflow.set_paused("retrain", False)
+    run = uuid.uuid4().hex[:8]
+    first = build_fake(client, f"conveyor-test/fake-serving:v0-{run}", "0", ready=True)
+    env = {
+        **os.environ,
+        "SWARM_PREFIX": f"conveyor-test-{run}",
+        "SWARM_NODES": "3",
+        "SWARM_STACK": f"conveyortest{run}",
+        "SWARM_GATEWAY_PORT": str(_free_port()),
+        "SWARM_REGISTRY_PORT": str(_free_port()),
+        "SWARM_SERVING_IMAGE": first,
+        "SWARM_UPDATE_MONITOR": "5s",
+        "SERVING_REPLICAS": "3",
+        "SERVING_CPUS": "1",
+        "SERVING_MEMORY_MB": "1024",
+        "SWARM_CLIENT_NETWORK": test_stack.env["CONVEYOR_SERVING_NETWORK"],
+    }
     try:
-        yield Runs(airflow), wiring["SWARM_GATEWAY_URL"]
+        up = subprocess.run(
+            ["bash", "scripts/swarm.sh", "up"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert up.returncode == 0, up.stderr[-3000:]
+        wiring = dict(line.split("=", 1) for line in up.stdout.split())
+        _airflow_up(
+            test_stack,
+            DEPLOY_TARGET="swarm",
+            **{k: v for k, v in wiring.items() if k != "SWARM_GATEWAY_URL"},
+        )
+        yield wiring["SWARM_GATEWAY_URL"]
     finally:
+        _airflow_up(test_stack, DEPLOY_TARGET="compose")
         subprocess.run(
             ["bash", "scripts/swarm.sh", "down"],
             cwd=ROOT,
-            env=swarm_env,
+            env=env,
             capture_output=True,
             timeout=300,
         )
         client.images.remove(first, force=True)
 
 
-def test_a_retrain_run_deploys_to_three_replicas_on_the_swarm_under_load(swarm_stack, record):  # noqa: F811
-    runs, gateway = swarm_stack
+def test_a_retrain_run_deploys_to_three_replicas_on_the_swarm_under_load(swarm, runs, record):
     start = time.monotonic()
-    with OpenLoopClient(
-        f"{gateway}/predict", {"inputs": [[0]]}, rate=RATE, max_requests=RATE * 1800
-    ) as load:
-        run = runs.run("2026-03-02", {"force_deploy": True, "ready_timeout": 600}, "swarm")
+    with OpenLoopClient(f"{swarm}/predict", record, rate=RATE, max_requests=RATE * 1800) as load:
+        run = runs.run("2026-04-02", {"force_deploy": True, "ready_timeout": 600}, "swarm")
         answered_when_done = len(load.result.completed)
         time.sleep(3)
     result, seconds = load.result, time.monotonic() - start

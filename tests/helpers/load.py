@@ -29,8 +29,15 @@ class LoadResult:
 class OpenLoopClient:
     """POST `body` to `url` at `rate` requests/s until stop() or `max_requests`."""
 
-    def __init__(self, url: str, body: object, rate: float = 50.0, max_requests: int = 6000,
-                 timeout: float = 10.0, version_key: str = "model_version"):
+    def __init__(
+        self,
+        url: str,
+        body: object,
+        rate: float = 50.0,
+        max_requests: int = 6000,
+        timeout: float = 10.0,
+        version_key: str = "model_version",
+    ):
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path or "/"
         self.body = json.dumps(body).encode()

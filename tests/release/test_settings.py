@@ -72,6 +72,7 @@ def test_compose_keeps_the_dags_names(monkeypatch, tmp_path):
         ("SERVING_NETWORK", "net"),
         ("GATEWAY_CONTAINER", "gw"),
         ("GATEWAY_UPSTREAM_FILE", str(tmp_path / "u.conf")),
+        ("SERVING_CONTAINER_PREFIX", "conveyor-serving"),
         ("SERVING_MEMORY_MB", "512"),
         ("SERVING_CPUS", "0.5"),
     ):

@@ -115,6 +115,7 @@ def _swap(stack, image: str, ready_timeout: float = 120) -> dp.Swap:
         network=stack["network"],
         gateway=stack["gateway"],
         upstream_file=stack["upstream_file"],
+        name_prefix=f"conveyor-test-{stack['run']}",
         memory_mb=256,
     )
 
@@ -169,6 +170,7 @@ def test_cli_reports_a_missing_image_in_one_line(stack, capsys, monkeypatch):
         ("SERVING_NETWORK", stack["network"]),
         ("GATEWAY_CONTAINER", stack["gateway"]),
         ("GATEWAY_UPSTREAM_FILE", str(stack["upstream_file"])),
+        ("SERVING_CONTAINER_PREFIX", f"conveyor-test-{stack['run']}"),
         ("SERVING_MEMORY_MB", "256"),
         ("SERVING_CPUS", "1"),
         ("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")),

@@ -1,0 +1,115 @@
+"""The test suite's own Compose stack, beside (never instead of) the user's.
+
+It has its own env file, `.build/<stack>.env` with `<stack>` = $CONVEYOR_TEST_STACK or
+`conveyor-test`: every Docker name (Compose project, networks, volumes, containers, baked model
+images) starts with `<stack>` instead of `conveyor`, its ports are free ones, its secrets its
+own. The user's `.env` is never read, and nothing named after it is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import cached_property
+from pathlib import Path
+
+from scripts.airflow_api import AirflowClient, read_env_file
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = ROOT / "scripts" / "stack.sh"
+
+
+class TestStack:
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, name: str | None = None):
+        self.name = name or os.environ.get("CONVEYOR_TEST_STACK") or "conveyor-test"
+        self.env_file = ROOT / ".build" / f"{self.name}.env"
+
+    @cached_property
+    def env(self) -> dict[str, str]:
+        """The stack's settings (names, ports, secrets), as Compose reads them."""
+        return read_env_file(self.env_file)
+
+    def script(
+        self, *args: str, timeout: float = 900, check: bool = True, **extra_env: str
+    ) -> subprocess.CompletedProcess:
+        """`scripts/stack.sh ARGS` for this stack (FIRST_RUN=0: tests trigger their own runs)."""
+        env = {
+            **os.environ,
+            "CONVEYOR_ENV_FILE": str(self.env_file),
+            "CONVEYOR_STACK": self.name,
+            "FIRST_RUN": "0",
+            "UP_TIMEOUT": "480",
+            **extra_env,
+        }
+        proc = subprocess.run(
+            ["bash", str(STACK_SCRIPT), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"stack.sh {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True):
+        return self.script("compose", *args, timeout=timeout, check=check)
+
+    def start_from_nothing(self) -> subprocess.CompletedProcess:
+        """Remove whatever an earlier run left of this stack (containers, volumes, env file),
+        then bring it up with fresh secrets and free ports."""
+        self.script("clean", timeout=300)
+        self.env_file.unlink(missing_ok=True)
+        self.__dict__.pop("env", None)
+        proc = self.script("up")
+        self.__dict__.pop("env", None)
+        return proc
+
+    def remove(self) -> None:
+        self.script("clean", timeout=300, check=False)
+
+    # ------------------------------------------------------------ what runs in it
+    def url(self, port_setting: str) -> str:
+        return f"http://127.0.0.1:{self.env[port_setting]}"
+
+    def airflow(self) -> AirflowClient:
+        return AirflowClient(
+            self.url("AIRFLOW_PORT"),
+            self.env["AIRFLOW_ADMIN_USER"],
+            self.env["AIRFLOW_ADMIN_PASSWORD"],
+        )
+
+    def s3(self, key: str | None = None, secret: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url("S3_PORT"),
+            aws_access_key_id=key or self.env["S3_ACCESS_KEY_ID"],
+            aws_secret_access_key=secret or self.env["S3_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 2}, connect_timeout=5),
+        )
+
+    def mlflow(self):
+        # A dead server makes the client retry for minutes by default: keep failures fast.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "20"
+        # From the host, downloads go through the server's proxy: its presigned S3 URLs name
+        # http://s3:8333, which resolves inside the stack's networks only.
+        os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] = "false"
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url("MLFLOW_PORT"))
+
+    def container_id(self, service: str) -> str:
+        out = self.compose("ps", "-q", service, timeout=60).stdout.split()
+        assert out, f"service {service} has no container"
+        return out[0]
