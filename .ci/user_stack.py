@@ -29,7 +29,7 @@ def get(url: str):
 
 def state() -> dict:
     env = read_env_file(ENV_FILE)
-    base = f"http://127.0.0.1:{{}}"
+    base = "http://127.0.0.1:{}"
     airflow = AirflowClient(
         base.format(env["AIRFLOW_PORT"]), env["AIRFLOW_ADMIN_USER"], env["AIRFLOW_ADMIN_PASSWORD"]
     )

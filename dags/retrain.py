@@ -72,7 +72,7 @@ workspace volume; the task log shows the container's output.
 
 **Params** (UI "Trigger DAG w/ config", REST `conf`, `make retrain DATE=... CONF='{...}'`):
 `force_deploy`, `source` (e.g. `s3://landing/daily/{date}.csv`), `train` (overrides of the
-`train` params, e.g. `{"classifier": "random_forest"}`), `min_improvement`, `deploy_image`
+`train` params, e.g. `{"estimator": "random_forest"}`), `min_improvement`, `deploy_image`
 (deploy this existing image, e.g. an earlier model's, instead of building), `ready_timeout`.
 """
 

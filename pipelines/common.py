@@ -1,4 +1,4 @@
-"""Shared helpers of the pipeline stages: params, errors and exit codes, atomic writes, the CLI.
+"""Shared helpers of the pipeline stages: errors and exit codes, atomic writes, the CLI.
 
 Exit codes of every `python -m pipelines.<stage>` command (the DAG branches on them):
 
@@ -11,7 +11,7 @@ Exit codes of every `python -m pipelines.<stage>` command (the DAG branches on t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -19,23 +19,24 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_QUARANTINED = 3
 
 DEFAULT_PARAMS = "params.yaml"
-DEFAULT_MODEL_NAME = "conveyor"
 
 # Workspace layout, relative to the project root (the directory holding params.yaml).
 LANDING_DIR = Path("data/landing")  # ingest output: the batch of one logical date
-DATASET_DIR = Path("data/dataset")  # validated, versioned dataset: one parquet file per date
+DATASET_DIR = Path("data/dataset")  # validated, versioned: <schema fingerprint>/<date>.parquet
 QUARANTINE_DIR = Path("data/quarantine")  # failed batches: <date>/batch.parquet + report.json
 MODEL_DIR = Path("models/model")  # MLflow sklearn model directory
 TRAIN_RUN_FILE = Path("models/train_run.json")  # MLflow run id + lineage, read by later stages
+VALIDATION_FILE = Path("reports/validation.json")  # validate's report on the last batch
 METRICS_FILE = Path("reports/metrics.json")
 PLOTS_DIR = Path("reports/plots")
 REGISTRATION_FILE = Path("reports/registration.json")
@@ -57,50 +58,9 @@ class Quarantined(PipelineError):
         self.summary = summary or {}
 
 
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with path.open() as fh:
-            params = yaml.safe_load(fh)
-    except OSError as exc:
-        raise PipelineError(f"cannot read params file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PipelineError(f"params file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(params, dict):
-        raise PipelineError(f"params file {path} must hold a mapping")
-    return params
-
-
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise PipelineError(f"params: section '{name}' is missing")
-    return value
-
-
-def feature_columns(params: dict[str, Any]) -> tuple[list[str], list[str]]:
-    schema = section(params, "schema")
-    numeric = list(schema.get("numeric_features") or [])
-    categorical = list(schema.get("categorical_features") or [])
-    if not numeric and not categorical:
-        raise PipelineError("params: schema lists no numeric_features and no categorical_features")
-    return numeric, categorical
-
-
-def logical_date(params: dict[str, Any]) -> dt.date:
-    """`ingest.date`: the logical date of the batch (YYYY-MM-DD)."""
-    raw = section(params, "ingest").get("date")
-    if isinstance(raw, dt.date):
-        return raw
-    try:
-        return dt.date.fromisoformat(str(raw))
-    except ValueError as exc:
-        raise PipelineError(f"ingest.date '{raw}' is not a YYYY-MM-DD date") from exc
-
-
-def model_name(params: dict[str, Any]) -> str:
-    configured = (params.get("register") or {}).get("model_name")
-    return configured or os.environ.get("MODEL_NAME") or DEFAULT_MODEL_NAME
+def fingerprint(spec: Any) -> str:
+    """A short, stable hash of a JSON-able description (of a schema)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -150,15 +110,29 @@ def replace_dir(target: Path, build: Callable[[Path], None]) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-StageFn = Callable[[dict[str, Any], Path], dict[str, Any]]
+StageFn = Callable[["Params", Path], dict[str, Any]]
+
+
+def log(stage: str, message: str) -> None:
+    """A progress line on stderr (stdout's last line is the stage's JSON summary)."""
+    print(f"{stage}: {message}", file=sys.stderr, flush=True)
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one-line errors about a library's exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def run_cli(stage: str, fn: StageFn, argv: list[str] | None = None, doc: str | None = None) -> int:
     """Thin CLI shared by every stage: `python -m pipelines.<stage> [--params params.yaml]`.
 
-    The project root is the directory holding the params file, so `dvc repro` (which runs from
-    the repo root) and direct calls are the same entry point.
+    The params file is validated here, once (pipelines/config.py), and the typed params are
+    passed to the stage. The project root is the directory holding the params file, so
+    `dvc repro` (which runs from the repo root) and direct calls are the same entry point.
     """
+    from pipelines.config import load_params  # config imports this module's errors
+
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{stage}", description=doc)
     parser.add_argument(
         "--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)"

@@ -1,21 +1,30 @@
-"""Stage `evaluate`: score models/model/ on the time-based holdout.
+"""Stage `evaluate`: score models/model/ on the holdout of the split train used.
 
 Writes DVC metrics and plots data, and logs the same metrics (`holdout_<name>`) and plot files to
 the training run in MLflow:
 
-    reports/metrics.json                   accuracy, f1, roc_auc, log_loss (+ row counts)
-    reports/plots/roc.json                 ROC curve of the positive class (fpr, tpr, threshold)
-    reports/plots/confusion.json           one {actual, predicted} record per holdout row
-    reports/plots/feature_importance.json  permutation importance of each input column
+    reports/metrics.json                     every metric of the task (pipelines/scoring.py)
+                                             and holdout_rows
+    reports/plots/roc/<class>.json           classification: ROC curve (fpr, tpr, threshold) of
+                                             each class against the rest (binary: the positive
+                                             class)
+    reports/plots/confusion.json             classification: one {actual, predicted} per row
+    reports/plots/predictions.json           regression: one {actual, predicted} per row
+    reports/plots/residuals.json             regression: one {predicted, residual} per row
+    reports/plots/feature_importance.json    permutation importance of each input column
+
+The plots of the other task are written empty, so that `dvc plots show` has nothing missing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_curve
 
@@ -25,52 +34,117 @@ from pipelines.common import (
     PLOTS_DIR,
     TRAIN_RUN_FILE,
     atomic_write_json,
+    replace_dir,
     run_cli,
-    section,
 )
-from pipelines.data import features, load_dataset, load_model, score, target, time_split
+from pipelines.data import features, load_dataset, resolve_task, split, target
+from pipelines.scoring import predicted_labels, score
+
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 IMPORTANCE_MAX_ROWS = 2000
 
 
-def plot_data(model, X, y, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """The data of the three DVC plots."""
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def roc_curves(model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, list[dict[str, Any]]]:
+    """File name -> ROC curve of each class present in the holdout, against the rest."""
     classes = list(model.classes_)
     proba = model.predict_proba(X)
-    pred = model.classes_[proba.argmax(axis=1)]
-    y_arr = y.to_numpy()
+    truth = y.to_numpy()
+    shown = [(1, classes[1])] if len(classes) == 2 else list(enumerate(classes))
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for i, cls in shown:
+        positive = truth == cls
+        if not 0 < positive.sum() < len(truth):
+            continue  # a class absent from the holdout (or all of it) has no curve
+        fpr, tpr, thr = roc_curve(positive, proba[:, i])
+        stem = re.sub(r"[^\w.-]+", "_", str(cls)) or "class"
+        while stem in curves:
+            stem += "_"
+        curves[stem] = [
+            {"class": str(cls), "fpr": _r(a), "tpr": _r(b), "threshold": _r(min(c, 1.0))}
+            for a, b, c in zip(fpr, tpr, thr, strict=True)
+        ]
+    return curves
 
-    roc: list[dict[str, Any]] = []
-    if len(classes) == 2 and len(set(y_arr)) == 2:
-        fpr, tpr, thr = roc_curve(y_arr == classes[1], proba[:, 1])
-        roc = [{"fpr": round(float(a), 6), "tpr": round(float(b), 6),
-                "threshold": round(float(min(c, 1.0)), 6)}
-               for a, b, c in zip(fpr, tpr, thr, strict=True)]
 
-    confusion = [{"actual": str(a), "predicted": str(p)} for a, p in zip(y_arr, pred, strict=True)]
-
+def importance(model: Any, X: pd.DataFrame, y: pd.Series, scoring: str, seed: int) -> list:
     sample = np.random.default_rng(seed).permutation(len(X))[:IMPORTANCE_MAX_ROWS]
-    scoring = "roc_auc" if len(classes) == 2 and len(set(y_arr)) == 2 else "accuracy"
-    result = permutation_importance(model, X.iloc[sample], y.iloc[sample], scoring=scoring,
-                                    n_repeats=3, random_state=seed, n_jobs=1)
-    importance = sorted(
-        ({"feature": str(col), "importance": round(float(val), 6)}
-         for col, val in zip(X.columns, result.importances_mean, strict=True)),
-        key=lambda r: r["importance"], reverse=True,
+    result = permutation_importance(
+        model,
+        X.iloc[sample],
+        y.iloc[sample],
+        scoring=scoring,
+        n_repeats=3,
+        random_state=seed,
+        n_jobs=1,
     )
-    return {"roc": roc, "confusion": confusion, "feature_importance": importance}
+    return sorted(
+        (
+            {"feature": str(col), "importance": _r(val)}
+            for col, val in zip(X.columns, result.importances_mean, strict=True)
+        ),
+        key=lambda r: r["importance"],
+        reverse=True,
+    )
 
 
-def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
-    model = load_model(root)
-    _, holdout = time_split(load_dataset(root), params)
-    X, y = features(holdout, params), target(holdout, params)
-    metrics = {**score(model, X, y), "holdout_rows": len(holdout)}
-    seed = int(section(params, "train").get("random_state") or 0)
-    plots = plot_data(model, X, y, seed=seed)
+def plot_data(model: Any, X: pd.DataFrame, y: pd.Series, task: str, seed: int) -> dict[str, Any]:
+    """The data of the DVC plots: file name (relative to reports/plots/) -> rows."""
+    if task == "regression":
+        predicted = model.predict(X)
+        truth = y.to_numpy()
+        return {
+            "roc": {},
+            "confusion.json": [],
+            "predictions.json": [
+                {"actual": _r(a), "predicted": _r(p)} for a, p in zip(truth, predicted, strict=True)
+            ],
+            "residuals.json": [
+                {"predicted": _r(p), "residual": _r(a - p)}
+                for a, p in zip(truth, predicted, strict=True)
+            ],
+            "feature_importance.json": importance(model, X, y, "r2", seed),
+        }
+    pred = predicted_labels(model, model.predict_proba(X))
+    binary = len(model.classes_) == 2 and y.nunique() == 2
+    return {
+        "roc": roc_curves(model, X, y),
+        "confusion.json": [
+            {"actual": str(a), "predicted": str(p)} for a, p in zip(y.to_numpy(), pred, strict=True)
+        ],
+        "predictions.json": [],
+        "residuals.json": [],
+        "feature_importance.json": importance(
+            model, X, y, "roc_auc" if binary else "accuracy", seed
+        ),
+    }
 
-    for name, rows in plots.items():
-        atomic_write_json(root / PLOTS_DIR / f"{name}.json", rows)
+
+def write_plots(root: Path, plots: dict[str, Any]) -> None:
+    def build(tmp: Path) -> None:
+        (tmp / "roc").mkdir()
+        for stem, rows in plots["roc"].items():
+            atomic_write_json(tmp / "roc" / f"{stem}.json", rows)
+        for name, rows in plots.items():
+            if name != "roc":
+                atomic_write_json(tmp / name, rows)
+
+    replace_dir(root / PLOTS_DIR, build)
+
+
+def evaluate(params: Params, root: Path) -> dict[str, Any]:
+    model, _ = tracking.load_model(root)
+    df = load_dataset(root, params)
+    task, _ = resolve_task(params, df[params.schema.target])
+    _, holdout = split(df, params, task)
+    X, y = features(holdout, params), target(holdout, params, task)
+    metrics = {**score(model, X, y, task), "holdout_rows": len(holdout)}
+    write_plots(root, plot_data(model, X, y, task, seed=params.split.random_state))
     atomic_write_json(root / METRICS_FILE, metrics)
 
     run_file = root / TRAIN_RUN_FILE
@@ -83,9 +157,8 @@ def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
         for name, value in metrics.items():
             if value is not None:
                 client.log_metric(run_id, f"holdout_{name}", value)
-        for name in plots:
-            client.log_artifact(run_id, str(root / PLOTS_DIR / f"{name}.json"), "plots")
-    return {"stage": "evaluate", "run_id": run_id, **metrics}
+        client.log_artifacts(run_id, str(root / PLOTS_DIR), "plots")
+    return {"stage": "evaluate", "task": task, "run_id": run_id, **metrics}
 
 
 def main(argv: list[str] | None = None) -> int:

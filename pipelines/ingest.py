@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -31,11 +31,13 @@ from pipelines.common import (
     LANDING_DIR,
     PipelineError,
     atomic_write_json,
-    logical_date,
+    first_line,
     replace_dir,
     run_cli,
-    section,
 )
+
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 SUPPORTED = (".csv", ".csv.gz", ".parquet", ".pq")
 
@@ -64,23 +66,17 @@ def _list_files(uri: str) -> tuple[Any, list[str]]:
         else:
             files = []
     except Exception as exc:  # network, credentials, permissions: name the source and the cause
-        raise PipelineError(f"source '{uri}' is unreadable: {_first_line(exc)}") from exc
+        raise PipelineError(f"source '{uri}' is unreadable: {first_line(exc)}") from exc
     files = [f for f in files if f.lower().endswith(SUPPORTED)]
     if not files:
         raise PipelineError(f"source '{uri}' matched no CSV/Parquet file")
     return fs, files
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def read_source(source: str, date: dt.date, params: dict[str, Any]) -> pd.DataFrame:
+def read_source(source: str, date: dt.date, params: Params) -> pd.DataFrame:
     """Read the batch of `date` from `source` (see the module docstring)."""
     if source == "demo":
-        cfg = section(params, "ingest").get("demo") or {}
-        return demo.generate(date, seed=int(cfg.get("seed", 42)), rows=int(cfg.get("rows", 3000)))
+        return demo.generate(date, seed=params.ingest.demo.seed, rows=params.ingest.demo.rows)
     try:
         uri = source.format(date=date)
     except (KeyError, IndexError, ValueError) as exc:
@@ -96,7 +92,7 @@ def read_source(source: str, date: dt.date, params: dict[str, Any]) -> pd.DataFr
                     compression = "gzip" if name.lower().endswith(".gz") else None
                     frames.append(pd.read_csv(fh, compression=compression))
         except Exception as exc:
-            raise PipelineError(f"cannot read '{name}': {_first_line(exc)}") from exc
+            raise PipelineError(f"cannot read '{name}': {first_line(exc)}") from exc
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -112,27 +108,33 @@ def _storable(batch: pd.DataFrame) -> pd.DataFrame:
     return batch
 
 
-def ingest(params: dict[str, Any], root: Path) -> dict[str, Any]:
+def ingest(params: Params, root: Path) -> dict[str, Any]:
     """Read the batch of `ingest.date` and land it in data/landing/ (replacing the last one)."""
-    cfg = section(params, "ingest")
-    source = str(cfg.get("source") or "").strip()
+    source = params.ingest.source.strip()
     if not source:
         raise PipelineError("ingest.source is empty")
-    date = logical_date(params)
+    date = params.ingest.date
     batch = _storable(read_source(source, date, params))
     if batch.empty or len(batch.columns) == 0:
         raise PipelineError(f"batch for {date} from '{source}' is empty")
 
-    meta = {"date": date.isoformat(), "source": source, "rows": len(batch),
-            "columns": [str(c) for c in batch.columns]}
+    meta = {
+        "date": date.isoformat(),
+        "source": source,
+        "rows": len(batch),
+        "columns": [str(c) for c in batch.columns],
+    }
 
     def build(tmp: Path) -> None:
         batch.to_parquet(tmp / "batch.parquet", index=False)
         atomic_write_json(tmp / "batch.json", meta)
 
     replace_dir(root / LANDING_DIR, build)
-    return {"stage": "ingest", **{k: meta[k] for k in ("date", "source", "rows")},
-            "path": str(LANDING_DIR / "batch.parquet")}
+    return {
+        "stage": "ingest",
+        **{k: meta[k] for k in ("date", "source", "rows")},
+        "path": str(LANDING_DIR / "batch.parquet"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

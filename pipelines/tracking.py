@@ -1,8 +1,12 @@
-"""MLflow wiring and lineage shared by train, evaluate and register.
+"""MLflow wiring, the saved model and lineage shared by train, evaluate and register.
 
 With no environment, MLflow tracks to a SQLite file in the project (`mlflow.db`) and stores
 artifacts under `mlruns/` (both gitignored), so the pipeline works offline. Set
 MLFLOW_TRACKING_URI (and optionally MLFLOW_REGISTRY_URI) to use a server instead.
+
+Models are saved in skops format. skops refuses to load any type outside its default allow-list
+unless it is trusted by name; the trusted list recorded in the MLmodel file is exactly what the
+saved model holds (skops' own scan of the dumped bytes), never a blanket trust-all.
 """
 
 from __future__ import annotations
@@ -11,13 +15,12 @@ import importlib.metadata
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from pipelines.common import PipelineError
+from pipelines.common import MODEL_DIR, PipelineError
 
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
-# Types outside skops' default allow-list that the pipeline's estimators reference.
-SKOPS_TRUSTED_TYPES = ["numpy.dtype"]
 
 
 def tracking_uri(root: Path) -> str:
@@ -54,7 +57,10 @@ def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -76,3 +82,22 @@ def pip_requirements() -> list[str]:
             if name == "mlflow-skinny":
                 pins.append(f"mlflow-skinny=={importlib.metadata.version('mlflow')}")
     return pins
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The types of `model` outside skops' default allow-list, as skops reads them from the
+    serialized model (e.g. `sklearn.tree._tree.Tree` for a random forest)."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def load_model(root: Path) -> tuple[Any, dict[str, Any]]:
+    """The sklearn Pipeline saved by train at models/model/, and its MLmodel metadata."""
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    path = root / MODEL_DIR
+    if not (path / "MLmodel").exists():
+        raise PipelineError(f"no model at {MODEL_DIR}: run train first")
+    return mlflow.sklearn.load_model(str(path)), dict(Model.load(str(path)).metadata or {})

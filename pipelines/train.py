@@ -1,26 +1,21 @@
-"""Stage `train`: fit the sklearn Pipeline on the data before the time-based split.
+"""Stage `train`: fit the sklearn Pipeline of `train.estimator` on the training side of the split.
 
-The estimator is `Pipeline([("preprocess", ColumnTransformer), ("classifier", ...)])`:
-numeric columns are median-imputed and scaled, categorical ones mode-imputed and one-hot encoded
-(unknown categories ignored); the classifier and its hyperparameters come from `train` in
-params.yaml. The run is logged to MLflow (params, metrics, the model with signature and input
-example, lineage tags: git commit, DVC data hash, container image) and the same model is saved
-to models/model/ (MLflow sklearn format, lineage in the MLmodel `metadata`).
-models/train_run.json hands the run id on to evaluate and register.
+The task (`schema.task`, else inferred from the target: the run's log says how) picks the
+estimator class and the split (pipelines/data.py); pipelines/estimators.py builds the Pipeline.
+The run is logged to MLflow (params, metrics, the model with signature and input example,
+lineage tags: git commit, DVC data hash, container image) and the same model is saved to
+models/model/ (MLflow sklearn format, skops). The MLmodel `metadata` holds what the server and
+the gate need: task, target, classes (classification, in the estimator's order), features,
+the model's schema fingerprint, lineage and params. models/train_run.json hands the run on to
+evaluate and register.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.utils._param_validation import InvalidParameterError
+import pandas as pd
 
 from pipelines import tracking
 from pipelines.common import (
@@ -28,50 +23,25 @@ from pipelines.common import (
     TRAIN_RUN_FILE,
     PipelineError,
     atomic_write_json,
-    feature_columns,
+    first_line,
+    log,
     replace_dir,
     run_cli,
-    section,
 )
-from pipelines.data import data_version, features, load_dataset, score, target, time_split
+from pipelines.data import (
+    data_version,
+    features,
+    load_dataset,
+    model_schema,
+    resolve_task,
+    split,
+    target,
+)
+from pipelines.estimators import build_pipeline, class_path, make_estimator
+from pipelines.scoring import score
 
-CLASSIFIERS = {
-    "logistic_regression": LogisticRegression,
-    "random_forest": RandomForestClassifier,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-}
-
-
-def build_pipeline(params: dict[str, Any]) -> Pipeline:
-    """The untrained estimator described by params (raises PipelineError on bad settings)."""
-    cfg = section(params, "train")
-    name = cfg.get("classifier")
-    if name not in CLASSIFIERS:
-        raise PipelineError(
-            f"unknown classifier '{name}' in train.classifier "
-            f"(choose from: {', '.join(CLASSIFIERS)})"
-        )
-    hyper = dict((cfg.get("hyperparameters") or {}).get(name) or {})
-    cls = CLASSIFIERS[name]
-    if "random_state" in cls().get_params() and cfg.get("random_state") is not None:
-        hyper.setdefault("random_state", int(cfg["random_state"]))
-    try:
-        classifier = cls(**hyper)
-    except TypeError as exc:
-        raise PipelineError(f"train.hyperparameters.{name}: {exc}") from exc
-
-    numeric, categorical = feature_columns(params)
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")),
-                                  ("scale", StandardScaler())]), numeric),
-            ("categorical", Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
-                                      ("onehot", OneHotEncoder(handle_unknown="ignore",
-                                                               sparse_output=False))]),
-             categorical),
-        ]
-    )
-    return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -83,64 +53,147 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train(params: dict[str, Any], root: Path) -> dict[str, Any]:
-    import mlflow
-    from mlflow.models import infer_signature
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value (class labels must be JSON in the metadata)."""
+    return value.item() if hasattr(value, "item") else value
 
-    pipeline = build_pipeline(params)  # bad classifier settings fail before any work
-    df = load_dataset(root)
-    train_df, holdout_df = time_split(df, params)
-    X, y = features(train_df, params), target(train_df, params)
-    if y.nunique() < 2:
-        raise PipelineError(f"training data has {y.nunique()} class(es): need at least 2")
+
+def check_trainable(X: pd.DataFrame, y: pd.Series, task: str) -> None:
+    empty = [col for col in X.columns if X[col].isna().all()]
+    if empty:
+        raise PipelineError(
+            f"feature(s) null in every training row: {', '.join(empty)} "
+            "(fill them or remove them from schema)"
+        )
+    if task == "regression" and y.nunique() < 2:
+        raise PipelineError(f"regression target '{y.name}' is constant ({y.iloc[0]}) in training")
+
+
+def signature(X: pd.DataFrame, params: Params, predictions: Any):
+    """Named input columns (numeric `double`, categorical `string`; required unless training
+    saw nulls) and the prediction's type."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    numeric = set(params.schema.numeric_features)
+    inputs = Schema(
+        [
+            ColSpec(
+                DataType.double if col in numeric else DataType.string,
+                col,
+                required=not bool(X[col].isna().any()),
+            )
+            for col in X.columns
+        ]
+    )
+    outputs = infer_signature(X.head(len(predictions)), predictions).outputs
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def model_metadata(
+    params: Params, task: str, pipeline: Any, lineage: dict[str, str]
+) -> dict[str, Any]:
+    """The MLmodel `metadata`: what the server and the gate read, lineage and the params."""
+    metadata: dict[str, Any] = {
+        "task": task,
+        "target": params.schema.target,
+        "features": {
+            "numeric": params.schema.numeric_features,
+            "categorical": params.schema.categorical_features,
+        },
+        "schema_fingerprint": model_schema(params, task)["fingerprint"],
+        "estimator": class_path(pipeline.named_steps["estimator"]),
+        "params": params.sections("ingest", "schema", "split", "train"),
+        **lineage,
+    }
+    if task == "classification":
+        metadata["classes"] = [_plain(c) for c in pipeline.classes_]
+    return metadata
+
+
+def logged_params(params: Params, task: str, estimator: Any):
+    """(key, value) MLflow params: ingest, split and train settings, the estimator's own."""
+    settings = _flatten("", params.sections("ingest", "split", "train"), {})
+    yield from ((k, v) for k, v in settings.items() if not k.startswith("train.hyperparameters."))
+    yield from _flatten("estimator", estimator.get_params(deep=False), {}).items()
+    yield "task", task
+
+
+def train(params: Params, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    df = load_dataset(root, params)
+    name = params.schema.target
+    if name not in df:
+        raise PipelineError(f"target column '{name}' is not in the dataset")
+    task, how = resolve_task(params, df[name])
+    log("train", f"task: {task} ({how})")
+    estimator = make_estimator(params, task)  # bad estimator settings fail before any fitting
+    train_df, holdout_df = split(df, params, task)
+    X, y = features(train_df, params), target(train_df, params, task)
+    check_trainable(X, y, task)
+    pipeline = build_pipeline(params, estimator)
     try:
         pipeline.fit(X, y)
-    except InvalidParameterError as exc:
-        raise PipelineError(f"train.hyperparameters: {str(exc).splitlines()[0]}") from exc
+    except (TypeError, ValueError) as exc:  # e.g. a hyperparameter value the estimator refuses
+        raise PipelineError(f"{params.train.estimator} failed to fit: {first_line(exc)}") from None
+    log("train", f"{class_path(estimator)} fitted on {len(train_df)} rows")
 
-    cfg = section(params, "train")
     lineage = {
         "data_version": data_version(root),
         "git_commit": tracking.git_commit(root),
         "image": tracking.container_image(),
     }
-    logged_params = {k: v for k, v in _flatten("", params, {}).items()
-                     if k.split(".")[0] in ("ingest", "split", "train")
-                     and not k.startswith("train.hyperparameters.")}
-    logged_params.update(_flatten(f"classifier.{cfg['classifier']}",
-                                  pipeline.named_steps["classifier"].get_params(), {}))
-    sample = X.head(5)
-    signature = infer_signature(X.head(200), pipeline.predict(X.head(200)))
-    experiment_id = tracking.configure(root, cfg.get("experiment") or "conveyor")
+    metadata = model_metadata(params, task, pipeline, lineage)
+    model_files = {  # the same model to MLflow and to models/model/
+        "signature": signature(X, params, pipeline.predict(X.head(5))),
+        "input_example": X.head(5),
+        "metadata": metadata,
+        "pip_requirements": tracking.pip_requirements(),
+        "skops_trusted_types": tracking.trusted_types(pipeline),
+    }
+    experiment_id = tracking.configure(root, params.train.experiment)
 
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        run_id = run.info.run_id
-        metadata = {**lineage, "run_id": run_id, "classifier": cfg["classifier"],
-                    "params": {k: params.get(k) for k in ("ingest", "schema", "split", "train")}}
-        mlflow.set_tags({**lineage, "conveyor.stage": "train",
-                         "conveyor.ingest_date": str(section(params, "ingest").get("date"))})
-        mlflow.log_params({k: str(v)[:500] for k, v in logged_params.items()})
-        mlflow.log_metrics({"train_rows": len(train_df), "holdout_rows": len(holdout_df),
-                            **{f"train_{k}": v for k, v in score(pipeline, X, y).items()
-                               if v is not None}})
-        info = mlflow.sklearn.log_model(
-            pipeline, name="model", signature=signature, input_example=sample,
-            metadata=metadata, pip_requirements=tracking.pip_requirements(),
-            skops_trusted_types=tracking.SKOPS_TRUSTED_TYPES,
+        run_id = metadata["run_id"] = run.info.run_id
+        mlflow.set_tags(
+            {
+                **lineage,
+                "conveyor.stage": "train",
+                "conveyor.task": task,
+                "conveyor.ingest_date": params.ingest.date.isoformat(),
+            }
         )
+        mlflow.log_params({k: str(v)[:500] for k, v in logged_params(params, task, estimator)})
+        train_scores = score(pipeline, X, y, task)
+        mlflow.log_metrics(
+            {
+                "train_rows": len(train_df),
+                "holdout_rows": len(holdout_df),
+                **{f"train_{k}": v for k, v in train_scores.items() if v is not None},
+            }
+        )
+        info = mlflow.sklearn.log_model(pipeline, name="model", **model_files)
 
     def save(tmp: Path) -> None:
-        mlflow.sklearn.save_model(
-            pipeline, str(tmp), signature=signature, input_example=sample, metadata=metadata,
-            pip_requirements=tracking.pip_requirements(),
-            skops_trusted_types=tracking.SKOPS_TRUSTED_TYPES,
-        )
+        mlflow.sklearn.save_model(pipeline, str(tmp), **model_files)
 
     replace_dir(root / MODEL_DIR, save)
-    handoff = {"run_id": run_id, "experiment_id": experiment_id, "model_uri": info.model_uri,
-               "classifier": cfg["classifier"], **lineage}
+    handoff = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "model_uri": info.model_uri,
+        "estimator": params.train.estimator,
+        "task": task,
+        **lineage,
+    }
     atomic_write_json(root / TRAIN_RUN_FILE, handoff)
-    return {"stage": "train", "train_rows": len(train_df), **handoff}
+    return {
+        "stage": "train",
+        "train_rows": len(train_df),
+        "holdout_rows": len(holdout_df),
+        **handoff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

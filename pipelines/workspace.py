@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import EXIT_BAD_INPUT, PipelineError
+from pipelines.params import set_params
 
 REMOTE_NAME = "storage"
 
@@ -46,8 +47,12 @@ def sync_code(workspace: Path, source_dir: Path) -> None:
     shutil.copyfile(source_dir / "dvc.yaml", workspace / "dvc.yaml")
     code = source_dir / "pipelines"
     if code.is_dir() and code.resolve() != (workspace / "pipelines").resolve():
-        shutil.copytree(code, workspace / "pipelines", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            code,
+            workspace / "pipelines",
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
 
 
 def prepare(workspace: Path, source_dir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -68,17 +73,18 @@ def prepare(workspace: Path, source_dir: Path, env: dict[str, str]) -> dict[str,
         if endpoint:
             _dvc(workspace, "remote", "modify", REMOTE_NAME, "endpointurl", endpoint)
     else:
-        print("workspace: DVC_REMOTE_URL is not set: dvc push will have no remote",
-              file=sys.stderr)
+        print("workspace: DVC_REMOTE_URL is not set: dvc push will have no remote", file=sys.stderr)
     return {"workspace": str(workspace), "remote": remote or None}
 
 
 def flatten(prefix: str, value: Any) -> list[str]:
-    """{"a": {"b": 1}} under "train" -> ["train.a.b=1"] (values as YAML/JSON scalars)."""
+    """{"a": {"b": 1}} under "train" -> ["train.a.b=1"] (values as YAML/JSON scalars); a key
+    holding dots (an estimator's import path) is quoted, as pipelines.params reads it."""
     if isinstance(value, dict):
         out: list[str] = []
         for key, sub in value.items():
-            out.extend(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+            part = f'"{key}"' if "." in str(key) else str(key)
+            out.extend(flatten(f"{prefix}.{part}" if prefix else part, sub))
         return out
     rendered = value if isinstance(value, str) else json.dumps(value)
     return [f"{prefix}={rendered}"]
@@ -110,23 +116,23 @@ def apply_params(workspace: Path, source_dir: Path, sets: list[str]) -> None:
     shutil.copyfile(source_dir / "params.yaml", workspace / "params.yaml")
     if not sets:
         return
-    cmd = [sys.executable, "-m", "pipelines.params"]
-    for item in sets:
-        cmd += ["--set", item]
-    proc = subprocess.run(cmd, cwd=workspace)
-    if proc.returncode != 0:
-        raise PipelineError(f"params override rejected: {' '.join(sets)}")
+    try:
+        set_params(workspace / "params.yaml", sets)
+    except PipelineError as exc:
+        raise PipelineError(f"params override rejected: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.workspace",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.workspace", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("prepare", "run"):
         p = sub.add_parser(name)
         p.add_argument("--workspace", type=Path, default=Path(os.environ.get("WORKSPACE", ".")))
-        p.add_argument("--source-dir", type=Path, default=Path(os.environ.get("PIPELINE_DIR",
-                                                                              "/app")))
+        p.add_argument(
+            "--source-dir", type=Path, default=Path(os.environ.get("PIPELINE_DIR", "/app"))
+        )
     run = sub.choices["run"]
     run.add_argument("--date", default="")
     run.add_argument("--source", default="")

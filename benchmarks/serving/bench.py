@@ -48,13 +48,13 @@ def train_demo_model(workdir: Path) -> Path:
         return model_dir
     sys.path.insert(0, str(ROOT))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # a local sqlite store inside workdir
-    from pipelines.common import load_params
+    from pipelines.config import load_params
     from pipelines.ingest import ingest
     from pipelines.train import train
     from pipelines.validate import validate
 
     params = load_params(ROOT / "params.yaml")
-    params["ingest"]["source"] = "demo"
+    params.ingest.source = "demo"
     for stage in (ingest, validate, train):
         print(f"bench: {stage.__name__} ...", file=sys.stderr)
         stage(params, workdir)

@@ -187,7 +187,7 @@ def test_commands_render_with_the_runs_params(dag):
         "ds": "2026-01-02",
         "params": {
             "source": "s3://landing/{date}.csv",
-            "train": {"classifier": "random_forest"},
+            "train": {"estimator": "random_forest"},
             "min_improvement": None,
         },
     }
@@ -196,7 +196,7 @@ def test_commands_render_with_the_runs_params(dag):
     args = dict(zip(rendered[4:-6:2], rendered[5:-6:2], strict=True))
     assert args["--date"] == "2026-01-02"
     assert args["--source"] == "s3://landing/{date}.csv"
-    assert args["--train-json"] == '{"classifier": "random_forest"}'
+    assert args["--train-json"] == '{"estimator": "random_forest"}'
     assert rendered[-6:] == ["--", "dvc", "repro", "--force", "--single-item", "ingest"]
 
 

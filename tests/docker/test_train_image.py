@@ -102,7 +102,7 @@ def test_dvc_repro_in_the_container_matches_the_host(train_image, cleanup, tmp_p
     # Metrics and plots (computed from the trained model's predictions) are identical.
     for path in (
         "reports/metrics.json",
-        *(f"reports/plots/{p}" for p in ("roc.json", "confusion.json")),
+        *(f"reports/plots/{p}" for p in ("roc/1.json", "confusion.json")),
     ):
         assert (host / path).read_bytes() == (container / path).read_bytes(), path
     # The model was saved by the container, under the container's user, and registered.

@@ -202,11 +202,11 @@ def _dataset_files(stack) -> list[str]:
     )
     out = docker.from_env().containers.run(
         base["DEBIAN_IMAGE"],
-        ["ls", "/w/data/dataset"],
+        ["find", "/w/data/dataset", "-name", "*.parquet"],
         remove=True,
         volumes={stack.env["CONVEYOR_WORKSPACE_VOLUME"]: {"bind": "/w", "mode": "ro"}},
     )
-    return sorted(out.decode().split())
+    return sorted(path.rsplit("/", 1)[-1] for path in out.decode().split())
 
 
 def test_rerunning_a_run_duplicates_no_data_model_version_or_image(

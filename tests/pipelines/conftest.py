@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from pipelines.config import Params, validate
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def repo_params(**demo) -> Params:
+    """The repo's params.yaml, typed, with the demo generator's settings overridden."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["ingest"]["demo"].update(demo)
+    return validate(raw)
+
+
+def write_params(path: Path, params: Params) -> Path:
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+    return path
 
 
 @pytest.fixture
@@ -21,15 +35,26 @@ def ml_env(monkeypatch):
 
 
 @pytest.fixture
-def ml_params() -> dict:
+def ml_params() -> Params:
     """The repo's params.yaml with a small demo batch."""
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["ingest"]["demo"]["rows"] = 600
-    return params
+    return repo_params(rows=600)
 
 
 @pytest.fixture
 def ml_root(tmp_path, ml_params, ml_env) -> Path:
     """A workspace directory holding params.yaml (the project root the stages write under)."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(ml_params, sort_keys=False))
+    write_params(tmp_path / "params.yaml", ml_params)
     return tmp_path
+
+
+def edit(params: Params, changes: dict[str, Any]) -> Params:
+    """A copy of `params` with dotted keys set, validated as a whole (a change of the target
+    and the features together is one edit, as in params.yaml)."""
+    raw = params.model_dump(mode="json", by_alias=True)
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return validate(raw)

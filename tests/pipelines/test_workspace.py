@@ -26,14 +26,24 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def test_overrides_flatten_the_runs_params():
-    sets = ws.overrides(_args(date="2026-01-02", source="s3://b/{date}.csv",
-                              train_json='{"classifier": "random_forest", '
-                                         '"hyperparameters": {"random_forest": {"max_depth": 4}}}',
-                              min_improvement="0.5", set=["split.holdout_fraction=0.3"]))
-    assert sets == ["ingest.date=2026-01-02", "ingest.source=s3://b/{date}.csv",
-                    "train.classifier=random_forest",
-                    "train.hyperparameters.random_forest.max_depth=4",
-                    "register.min_improvement=0.5", "split.holdout_fraction=0.3"]
+    sets = ws.overrides(
+        _args(
+            date="2026-01-02",
+            source="s3://b/{date}.csv",
+            train_json='{"estimator": "random_forest", '
+            '"hyperparameters": {"random_forest": {"max_depth": 4}}}',
+            min_improvement="0.5",
+            set=["split.holdout_fraction=0.3"],
+        )
+    )
+    assert sets == [
+        "ingest.date=2026-01-02",
+        "ingest.source=s3://b/{date}.csv",
+        "train.estimator=random_forest",
+        "train.hyperparameters.random_forest.max_depth=4",
+        "register.min_improvement=0.5",
+        "split.holdout_fraction=0.3",
+    ]
     # Empty values (the DAG's defaults render as "" / "{}" / "None") override nothing.
     assert ws.overrides(_args(train_json="{}", min_improvement="None")) == []
 
@@ -69,32 +79,68 @@ def test_prepare_makes_a_dvc_project_with_the_images_pipeline(workspace):
 
 
 def test_run_applies_only_this_runs_params_and_keeps_the_exit_code(workspace):
-    code = _run(workspace, "--date", "2026-02-03",
-                "--train-json", '{"classifier": "random_forest"}',
-                "--", sys.executable, "-c", "import sys; sys.exit(3)")
+    path = "sklearn.ensemble.ExtraTreesClassifier"
+    train = {"estimator": path, "hyperparameters": {path: {"n_estimators": 30}}}
+    code = _run(
+        workspace,
+        "--date",
+        "2026-02-03",
+        "--train-json",
+        json.dumps(train),
+        "--",
+        sys.executable,
+        "-c",
+        "import sys; sys.exit(3)",
+    )
     assert code == 3
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert params["ingest"]["date"] == "2026-02-03"
-    assert params["train"]["classifier"] == "random_forest"
+    assert params["train"]["estimator"] == path
+    assert params["train"]["hyperparameters"][path] == {"n_estimators": 30}
     # The next run starts again from the image's params: no override leaks between runs.
     assert _run(workspace, "--date", "2026-02-04", "--", "true") == 0
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    assert params["train"]["classifier"] == "logistic_regression"
+    assert params["train"]["estimator"] == "logistic_regression"
+    assert path not in params["train"]["hyperparameters"]
 
 
-def test_an_unknown_param_fails_before_the_command_runs(workspace, capsys):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.no_such_knob=1"], "train.no_such_knob: unknown key"),
+        (["--train-json", '{"classifier": "random_forest"}'], "train.classifier: unknown key"),
+        (["--min-improvement", "a lot"], "register.min_improvement: Input should be a valid"),
+    ],
+)
+def test_a_bad_param_fails_in_one_line_before_the_command_runs(workspace, capsys, args, message):
     marker = workspace / "ran"
-    code = _run(workspace, "--set", "train.no_such_knob=1", "--", "touch", str(marker))
+    code = _run(workspace, *args, "--", "touch", str(marker))
     assert code == 2 and not marker.exists()
-    assert "workspace: error: params override rejected" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("workspace: error: params override rejected: params.yaml: ")
+    assert message in err and "\n" not in err
 
 
 def test_ingest_and_validate_through_dvc_and_emit(workspace, capsys):
-    assert _run(workspace, "--date", "2026-02-03", "--", "dvc", "repro", "--force",
-                "--single-item", "ingest") == 0
-    assert _run(workspace, "--date", "2026-02-03", "--", sys.executable, "-m",
-                "pipelines.validate") == 0
-    assert (workspace / "data" / "dataset" / "2026-02-03.parquet").is_file()
+    assert (
+        _run(
+            workspace,
+            "--date",
+            "2026-02-03",
+            "--",
+            "dvc",
+            "repro",
+            "--force",
+            "--single-item",
+            "ingest",
+        )
+        == 0
+    )
+    assert (
+        _run(workspace, "--date", "2026-02-03", "--", sys.executable, "-m", "pipelines.validate")
+        == 0
+    )
+    assert len(list((workspace / "data" / "dataset").glob("*/2026-02-03.parquet"))) == 1
     (workspace / "reports").mkdir(exist_ok=True)
     (workspace / "reports" / "x.json").write_text(json.dumps({"version": "7", "a": [1]}, indent=2))
     capsys.readouterr()
