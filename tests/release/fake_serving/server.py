@@ -58,6 +58,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"detail": "not found"})
 
 
+# socketserver's default accept backlog is 5: a replica that takes over a dead one's load
+# (a burst of new connections while its CPU quota throttles it) would drop SYNs. uvicorn's is
+# 2048.
+ThreadingHTTPServer.request_queue_size = 1024
 server = ThreadingHTTPServer(("0.0.0.0", 8000), Handler)
 server.daemon_threads = False
 
