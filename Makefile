@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV        := .venv
 BIN         := $(VENV)/bin
-UV_GROUPS   := --group dev --group pipelines --group serving
+UV_GROUPS   := --group dev --group pipelines --group serving --group release
 # uv lives in .build/tools (scripts/ensure-uv.sh installs it there); PATH is never relied on.
 UV          := $(CURDIR)/.build/tools/bin/uv
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -38,7 +38,7 @@ test: setup engine images test-dags ## every test: unit, integration, docker and
 AIRFLOW_VENV := .build/venv-airflow
 test-dags: ## DAG integrity tests (tests/dags) in a venv with the airflow group
 	@bash scripts/ensure-uv.sh >/dev/null
-	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev
+	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev --group release
 	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/dags
 
 test-fast: setup ## the tests that need no Docker engine
@@ -79,3 +79,13 @@ retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait
 bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on the demo model (needs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	python benchmarks/serving/bench.py
+
+# ---- Swarm across engine nodes on this machine (scripts/swarm.sh, release/swarm/stack.yaml) ----
+# Settings from the environment or .env (SWARM_*, SERVING_REPLICAS/CPUS/MEMORY_MB; see
+# release/README.md); SWARM_SERVING_IMAGE is the baked serving image it serves first.
+.PHONY: swarm-up swarm-down
+swarm-up: engine base-images ## a multi-node Swarm in containers serving SWARM_SERVING_IMAGE
+	@bash scripts/swarm.sh up
+
+swarm-down: ## remove the local Swarm: its nodes, registry, proxy, volumes and network
+	@bash scripts/swarm.sh down

@@ -286,3 +286,12 @@ class ConveyorDockerOperator(DockerOperator):
             return bool(self.cli.inspect_container(self.container["Id"])["State"]["OOMKilled"])
         except docker.errors.NotFound:
             return False
+
+
+# CONVEYOR_EXECUTION (docker | kubernetes): kubernetes runs the same tasks as Kubernetes pods
+# (dags/conveyor_kubernetes.py).
+EXECUTION = setting("CONVEYOR_EXECUTION")
+if EXECUTION == "kubernetes":
+    from conveyor_kubernetes import ConveyorPodOperator as ConveyorDockerOperator  # noqa: F401
+elif EXECUTION != "docker":
+    raise ValueError(f"CONVEYOR_EXECUTION={EXECUTION!r}: docker or kubernetes")

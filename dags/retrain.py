@@ -4,6 +4,8 @@ command of the training image (pipelines/), run by ConveyorDockerOperator (conve
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
@@ -20,6 +22,18 @@ from conveyor_operator import (
 
 SCHEDULE = setting("RETRAIN_SCHEDULE")
 MODEL_DOCKERFILE = "serving/model.Dockerfile"  # the serving part's recipe for a baked model
+# The swarm and kubernetes targets' settings, passed on to the deploy task when set.
+TARGET_ENV = (
+    "SWARM_DOCKER_HOST",
+    "SWARM_SERVICE",
+    "SWARM_REGISTRY",
+    "SWARM_REGISTRY_PUSH",
+    "KUBE_NAMESPACE",
+    "KUBE_DEPLOYMENT",
+    "KUBE_REGISTRY",
+    "SERVING_REPLICAS",
+    "SERVING_MAX_REPLICAS",
+)
 
 # Every ML task first gives the workspace this run's params (image defaults + overrides).
 RUN = [
@@ -54,7 +68,7 @@ workspace volume; the task log shows the container's output.
 | `register` | MLflow registration + quality gate; XCom: version, scores, decision |
 | `decide_deploy` | promoted, or `force_deploy` / `deploy_image` set → build and deploy |
 | `build_serving_image` | serving image with the model baked in, tagged with the model version |
-| `deploy` | zero-downtime swap behind the gateway; never ready: removed, the old one serves on |
+| `deploy` | rollout on `DEPLOY_TARGET` (compose swap, Swarm update); never ready: old serves on |
 
 **Params** (UI "Trigger DAG w/ config", REST `conf`, `make retrain DATE=... CONF='{...}'`):
 `force_deploy`, `source` (e.g. `s3://landing/daily/{date}.csv`), `train` (overrides of the
@@ -197,10 +211,12 @@ with DAG(
     )
     deploy = ConveyorDockerOperator(
         task_id="deploy",
+        # The release image (release/): deploy code lives beside, not inside, the ML stages.
+        image=setting("RELEASE_IMAGE"),
         command=[
             "python",
             "-m",
-            "pipelines.deploy",
+            "release.deploy",
             "--image",
             "{{ ti.xcom_pull(task_ids='build_serving_image')['image'] }}",
             "--ready-timeout",
@@ -219,12 +235,21 @@ with DAG(
             "GATEWAY_CONTAINER": setting("CONVEYOR_GATEWAY_CONTAINER"),
             "SERVING_CONTAINER_PREFIX": setting("CONVEYOR_SERVING_CONTAINER_PREFIX"),
             "GATEWAY_UPSTREAM_FILE": f"{GATEWAY_DIR}/upstream.conf",
+            # The release settings (release/settings.py names each one): the target and one
+            # replica's size always, the swarm / kubernetes targets' own when set.
+            "DEPLOY_TARGET": setting("DEPLOY_TARGET"),
+            "SERVING_MEMORY_MB": setting("SERVING_MEMORY_MB"),
+            "SERVING_CPUS": setting("SERVING_CPUS"),
+            **{name: os.environ[name] for name in TARGET_ENV if os.environ.get(name)},
         },
-        doc_md="Start the new serving container, wait for `/ready` and a smoke prediction, "
+        doc_md="Roll the new serving image out on `DEPLOY_TARGET` (release/deploy.py). "
+        "compose: start the new container, wait for `/ready` and a smoke prediction, "
         "switch the gateway's upstream (SIGHUP), let in-flight requests finish, stop the "
-        "old container. Never ready: the new one is removed, the old one keeps serving, "
-        "the task fails with the reason (exit 4, not retried). XCom: image, container, "
-        "model version, previous container, changed (false: that image was already live).",
+        "old container; never ready: the new one is removed, the old one keeps serving. "
+        "swarm: push to the swarm's registry, update the service's image (start-first, "
+        "health-gated), wait until every replica runs it; never healthy: Swarm rolls back. "
+        "A rejected release fails the task with the reason (exit 4, not retried). XCom: "
+        "target, image, model version, changed (false: that image was already live).",
     )
 
     prepare >> ingest >> validate >> train >> evaluate >> dvc_push >> register

@@ -28,6 +28,11 @@ IMAGES=(
   "s3|docker/s3/Dockerfile|S3_IMAGE"
   "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE"
   "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE"
+  "release|release/Dockerfile|RELEASE_IMAGE"
+  "swarm-node|docker/swarm-node/Dockerfile|SWARM_NODE_IMAGE"
+  "registry|docker/registry/Dockerfile|REGISTRY_IMAGE"
+  "swarm-gateway|docker/swarm-gateway/Dockerfile|SWARM_GATEWAY_IMAGE"
+  "redis|docker/redis/Dockerfile|REDIS_IMAGE"
 )
 
 say() { echo "build-images: $*" >&2; }

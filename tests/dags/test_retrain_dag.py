@@ -25,6 +25,7 @@ from airflow.providers.docker.operators.docker import DockerOperator  # noqa: E4
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 TRAIN_IMAGE = "conveyor/train:0123456789ab"
+RELEASE_IMAGE = "conveyor/release:0123456789ab"
 
 
 def _example_settings() -> dict[str, str]:
@@ -42,7 +43,13 @@ def _example_settings() -> dict[str, str]:
         "RETRAIN_SCHEDULE": example["RETRAIN_SCHEDULE"],
         "DOCKER_HOST": example["CONVEYOR_DOCKER_HOST"],
         "TRAIN_IMAGE": TRAIN_IMAGE,
+        "RELEASE_IMAGE": RELEASE_IMAGE,
         "SERVING_IMAGE": "conveyor/serving:0123456789ab",
+        # The release settings (release/README.md lists them for .env.example).
+        "CONVEYOR_EXECUTION": "docker",
+        "DEPLOY_TARGET": "compose",
+        "SERVING_MEMORY_MB": "1024",
+        "SERVING_CPUS": "1.0",
         "CONVEYOR_HOST_PROJECT_DIR": "/srv/conveyor",
     }
 
@@ -130,12 +137,14 @@ def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
     docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
     assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy", "keep_current_model"}
     for t in docker_tasks:
-        assert t.image == TRAIN_IMAGE, t.task_id
+        # deploy runs release code (release/), everything else the ML stages.
+        image = RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE
+        assert t.image == image, t.task_id
         assert t.force_pull is False and t.mount_tmp_dir is False, t.task_id
         assert t.auto_remove == "success", t.task_id
         mounts = {m["Target"]: (m["Source"], m["Type"]) for m in t.mounts}
         assert mounts["/workspace"] == (SETTINGS["CONVEYOR_WORKSPACE_VOLUME"], "volume")
-        assert t.environment["CONVEYOR_IMAGE"] == TRAIN_IMAGE, t.task_id
+        assert t.environment["CONVEYOR_IMAGE"] == image, t.task_id
         assert t.network_mode, t.task_id
         assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
         assert "AWS_SECRET_ACCESS_KEY" not in t.environment, t.task_id

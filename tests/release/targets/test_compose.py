@@ -1,5 +1,5 @@
 """The zero-downtime deploy procedure against the real engine, with the real gateway image and a
-stand-in serving container (tests/pipelines/fake_serving): no Airflow, no model.
+stand-in serving container (tests/release/fake_serving): no Airflow, no model.
 
 From the host the deploy code reaches the containers by their bridge addresses (Linux); the
 gateway's port is published on 127.0.0.1, where an open-loop client sends requests throughout.
@@ -7,77 +7,27 @@ gateway's port is published on 127.0.0.1, where an open-loop client sends reques
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import tarfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from pipelines import deploy as dp
-from pipelines.build_serving_image import LABEL_MODEL_VERSION
+from release import deploy as release_deploy
+from release.target import DeployError, Release, http_json
+from release.targets import compose as dp
 from tests.helpers.load import OpenLoopClient
+from tests.release.fakes import build_fake, project_image
 
 pytestmark = pytest.mark.docker
 
 docker = pytest.importorskip("docker")
-ROOT = Path(__file__).resolve().parents[2]
-FAKE = Path(__file__).parent / "fake_serving" / "server.py"
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = docker.from_env()
-    c.ping()
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
 def gateway_image(client) -> str:
-    image = _env_file(ROOT / ".build/images.env").get("GATEWAY_IMAGE")
-    if not image:
-        subprocess.run(["bash", "scripts/build-images.sh", "gateway"], cwd=ROOT, check=True)
-        image = _env_file(ROOT / ".build/images.env")["GATEWAY_IMAGE"]
-    client.images.get(image)
-    return image
-
-
-def _build_fake(client, tag: str, version: str, ready: bool) -> str:
-    base = _env_file(ROOT / ".build/base-images.env").get(
-        "PYTHON_IMAGE", "python:3.11-slim-bookworm"
-    )
-    dockerfile = (
-        f"FROM {base}\nCOPY server.py /srv/server.py\n"
-        f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
-        'USER 1000\nCMD ["python", "-u", "/srv/server.py"]\n'
-    )
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile.encode()), ("server.py", FAKE.read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    client.images.build(
-        fileobj=buf,
-        custom_context=True,
-        tag=tag,
-        pull=False,
-        rm=True,
-        labels={LABEL_MODEL_VERSION: version, "io.conveyor.test": "deploy"},
-    )
-    return tag
+    return project_image("gateway")["GATEWAY_IMAGE"]
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +36,10 @@ def stack(client, gateway_image, tmp_path_factory):
     run = uuid.uuid4().hex[:8]
     labels = {"io.conveyor.test": run}
     images = {
-        v: _build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
+        v: build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
         for v in ("1", "2")
     }
-    images["never-ready"] = _build_fake(
+    images["never-ready"] = build_fake(
         client, f"conveyor-test/fake-serving:broken-{run}", "3", ready=False
     )
     network = client.networks.create(f"conveyor-test-{run}", labels=labels)
@@ -124,7 +74,7 @@ def stack(client, gateway_image, tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if dp.http_json(f"{url}/metadata", timeout=2)[1].get("model_version") == "1":
+                if http_json(f"{url}/metadata", timeout=2)[1].get("model_version") == "1":
                     break
             except (OSError, AttributeError):
                 pass
@@ -153,23 +103,27 @@ def stack(client, gateway_image, tmp_path_factory):
             client.images.remove(tag, force=True)
 
 
-def _config(stack, image: str, **kw) -> dp.DeployConfig:
-    return dp.DeployConfig(
+def _swap(stack, image: str, ready_timeout: float = 120) -> dp.Swap:
+    release = Release(
         image=image,
+        ready_timeout=ready_timeout,
+        labels={"io.conveyor.test": stack["run"]},
+        smoke_payload={"inputs": [[0]]},
+    )
+    return dp.Swap(
+        release=release,
         network=stack["network"],
         gateway=stack["gateway"],
         upstream_file=stack["upstream_file"],
         name_prefix=f"conveyor-test-{stack['run']}",
-        labels={"io.conveyor.test": stack["run"]},
-        smoke_payload={"inputs": [[0]]},
-        **kw,
+        memory_mb=256,
     )
 
 
 def test_swap_under_load_loses_no_request(client, stack):
     with OpenLoopClient(f"{stack['url']}/predict", {"x": 1}, rate=100) as load:
         time.sleep(1.0)
-        summary = dp.deploy(client, _config(stack, stack["images"]["2"]))
+        summary = dp.swap_in(client, _swap(stack, stack["images"]["2"]))
         time.sleep(1.5)
     result = load.result
     assert summary["changed"] is True and summary["model_version"] == "2"
@@ -177,7 +131,7 @@ def test_swap_under_load_loses_no_request(client, stack):
     # Answers came from v1, then from v2 only (around the switch both finish in flight).
     assert set(result.versions) == {"1", "2"}, result.versions
     assert result.completed[0] == "1" and set(result.completed[-50:]) == {"2"}
-    assert dp.http_json(f"{stack['url']}/metadata")[1]["model_version"] == "2"
+    assert http_json(f"{stack['url']}/metadata")[1]["model_version"] == "2"
     # The old container (ours: it carries the role label) is stopped and removed.
     with pytest.raises(docker.errors.NotFound):
         client.containers.get(stack["old"].id)
@@ -186,7 +140,7 @@ def test_swap_under_load_loses_no_request(client, stack):
 
 def test_redeploying_the_live_image_changes_nothing(client, stack):
     before = stack["upstream_file"].read_text()
-    summary = dp.deploy(client, _config(stack, stack["images"]["2"]))
+    summary = dp.swap_in(client, _swap(stack, stack["images"]["2"]))
     assert summary["changed"] is False
     assert stack["upstream_file"].read_text() == before
 
@@ -195,8 +149,8 @@ def test_never_ready_image_is_removed_and_the_old_one_keeps_serving(client, stac
     before = stack["upstream_file"].read_text()
     bad = stack["images"]["never-ready"]
     with OpenLoopClient(f"{stack['url']}/predict", {"x": 1}, rate=50) as load:
-        with pytest.raises(dp.DeployError, match="not ready after 4 s") as err:
-            dp.deploy(client, _config(stack, bad, ready_timeout=4))
+        with pytest.raises(DeployError, match="not ready after 4 s") as err:
+            dp.swap_in(client, _swap(stack, bad, ready_timeout=4))
     assert "old container keeps serving" in str(err.value)
     assert load.result.failures == []
     assert set(load.result.versions) == {"2"}
@@ -210,19 +164,19 @@ def test_never_ready_image_is_removed_and_the_old_one_keeps_serving(client, stac
     assert leftovers == []
 
 
-def test_cli_reports_a_missing_image_in_one_line(stack, capsys):
-    code = dp.main(
-        [
-            "--image",
-            "conveyor-test/does-not-exist:v0",
-            "--network",
-            stack["network"],
-            "--gateway",
-            stack["gateway"],
-            "--upstream-file",
-            str(stack["upstream_file"]),
-        ]
-    )
+def test_cli_reports_a_missing_image_in_one_line(stack, capsys, monkeypatch):
+    for name, value in (
+        ("DEPLOY_TARGET", "compose"),
+        ("SERVING_NETWORK", stack["network"]),
+        ("GATEWAY_CONTAINER", stack["gateway"]),
+        ("GATEWAY_UPSTREAM_FILE", str(stack["upstream_file"])),
+        ("SERVING_CONTAINER_PREFIX", f"conveyor-test-{stack['run']}"),
+        ("SERVING_MEMORY_MB", "256"),
+        ("SERVING_CPUS", "1"),
+        ("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")),
+    ):
+        monkeypatch.setenv(name, value)
+    code = release_deploy.main(["--image", "conveyor-test/does-not-exist:v0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4
     assert err == [

@@ -1,0 +1,1 @@
+"""Deploy targets, one module each (release/target.py: the interface)."""
