@@ -43,6 +43,7 @@ SECRETS = {
     # S3 keys: letters and digits only (safe in URLs, JSON and config files).
     "S3_ACCESS_KEY_ID": lambda: "CONVEYOR" + secrets.token_hex(6).upper(),
     "S3_SECRET_ACCESS_KEY": lambda: secrets.token_hex(20),
+    "REDIS_PASSWORD": lambda: secrets.token_urlsafe(24),
 }
 
 
