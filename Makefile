@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV        := .venv
 BIN         := $(VENV)/bin
-UV_GROUPS   := --group dev --group pipelines --group serving
+UV_GROUPS   := --group dev --group pipelines --group serving --group serving-sklearn
 # uv lives in .build/tools (scripts/ensure-uv.sh installs it there); PATH is never relied on.
 UV          := $(CURDIR)/.build/tools/bin/uv
 export PATH := $(CURDIR)/$(BIN):$(PATH)
