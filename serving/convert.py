@@ -129,7 +129,9 @@ def encoder_categories(model: Any, columns: list[Column]) -> None:
                 continue
             cols = [cols] if isinstance(cols, str) else list(cols)
             enc = encoders[0]
-            names = [ct.feature_names_in_[c] if isinstance(c, int | np.integer) else c for c in cols]
+            names = [
+                ct.feature_names_in_[c] if isinstance(c, int | np.integer) else c for c in cols
+            ]
             for name, cats in zip(names, enc.categories_, strict=False):
                 column = by_name.get(str(name))
                 if column is None or column.type != "string":
@@ -246,8 +248,11 @@ def tree_precision(est: Any) -> bool:
     if isinstance(est, BaseDecisionTree | BaseHistGradientBoosting):
         return True
     base = getattr(est, "estimators_", None)
-    return isinstance(est, BaseEnsemble) and base is not None and len(base) > 0 and (
-        tree_precision(np.ravel(base)[0])
+    return (
+        isinstance(est, BaseEnsemble)
+        and base is not None
+        and len(base) > 0
+        and (tree_precision(np.ravel(base)[0]))
     )
 
 
@@ -269,7 +274,10 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
         types = [("input", DoubleTensorType([None, spec.tensor_width]))]
     else:
         types = [
-            (c.name, StringTensorType([None, 1]) if c.type == "string" else DoubleTensorType([None, 1]))
+            (
+                c.name,
+                StringTensorType([None, 1]) if c.type == "string" else DoubleTensorType([None, 1]),
+            )
             for c in spec.columns
         ]
     options = {id(est): {"zipmap": False}} if spec.task == "classification" else None
@@ -284,7 +292,8 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
     except Unsupported:
         raise
     except Exception as exc:  # noqa: BLE001 - skl2onnx raises many kinds for "cannot convert"
-        raise Unsupported(f"skl2onnx: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        reason = " ".join(str(exc).split())[:300]
+        raise Unsupported(f"skl2onnx: {type(exc).__name__}: {reason}") from None
     return _expose_features(onx, spec)
 
 
@@ -339,7 +348,9 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
         marker = scope.get_unique_variable_name("marker")
         value = MISSING_STRING if nan_missing else str(mv)
         container.add_initializer(marker, TensorProto.STRING, [1], [value.encode()])
-        container.add_initializer(fill, TensorProto.STRING, [len(stats)], [s.encode() for s in stats])
+        container.add_initializer(
+            fill, TensorProto.STRING, [len(stats)], [s.encode() for s in stats]
+        )
         container.add_node("Equal", [x, marker], [mask], name=scope.get_unique_operator_name("Eq"))
     else:
         if any(isinstance(s, float) and math.isnan(s) for s in stats) and not getattr(
@@ -353,7 +364,9 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
         else:
             target = scope.get_unique_variable_name("missing_value")
             container.add_initializer(target, TensorProto.DOUBLE, [1], [float(mv)])
-            container.add_node("Equal", [x, target], [mask], name=scope.get_unique_operator_name("Eq"))
+            container.add_node(
+                "Equal", [x, target], [mask], name=scope.get_unique_operator_name("Eq")
+            )
     container.add_node("Where", [mask, fill, x], [y], name=scope.get_unique_operator_name("Where"))
 
 
@@ -361,13 +374,16 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
 def compare(expected: Output, got: Output, spec: ServingSpec) -> str | None:
     """None when `got` matches `expected` within TOLERANCE, else the first difference."""
     if expected.rejected.keys() != got.rejected.keys():
-        return f"refused records differ: sklearn {sorted(expected.rejected)[:5]}, " \
-               f"compiled {sorted(got.rejected)[:5]}"
+        return (
+            f"refused records differ: sklearn {sorted(expected.rejected)[:5]}, "
+            f"compiled {sorted(got.rejected)[:5]}"
+        )
     if expected.rejected:
         return None
     if spec.task == "regression":
-        e, g = np.asarray(expected.values, float), np.asarray(got.values, float).reshape(
-            np.shape(expected.values)
+        e, g = (
+            np.asarray(expected.values, float),
+            np.asarray(got.values, float).reshape(np.shape(expected.values)),
         )
         err = np.abs(e - g) / np.maximum(1.0, np.abs(e))
         return None if err.max() <= TOLERANCE else f"values differ by {err.max():.3g} (relative)"
@@ -485,7 +501,10 @@ def _try_onnx(model, spec, sk, batches, out_dir) -> tuple[str, str]:
         fast = OnnxPredictor(path, spec)
         report, failure = parity(sk, fast, batches, spec)
     except Exception as exc:  # noqa: BLE001 - a graph ORT cannot load or run is a failed check
-        report, failure = {}, f"onnxruntime: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        report, failure = (
+            {},
+            f"onnxruntime: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+        )
     spec.parity = report
     if failure:
         os.unlink(path)
@@ -538,7 +557,9 @@ def summary(spec: ServingSpec) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.convert", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("model_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--no-onnx", action="store_true", help="spec only: serve with sklearn")
@@ -554,4 +575,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

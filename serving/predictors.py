@@ -73,9 +73,7 @@ class OnnxPredictor:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            onnx_path, options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.spec = spec
         out = spec.onnx_outputs
         self.result_name = out.get("scores") or out.get("values")

@@ -1,0 +1,337 @@
+"""Request bodies to validated batches: /predict's typed records and MLflow's formats.
+
+No body can cost more than a bounded multiple of a maximum valid batch:
+1. before anything is parsed, the values in the body are counted (commas outside strings, at C
+   speed): more than a full batch of MAX_BATCH_SIZE records can hold is a 413, whatever else the
+   body holds. So `[{}, {}, ...]` in 4 MiB is refused before 1.4 M dicts are built;
+2. then the JSON is parsed (pydantic-core's parser: NaN/Infinity literals parse, as in MLflow's
+   server) and the number of records is checked before any record is validated;
+3. records are validated one by one (pydantic-core validators built from the signature), and
+   only the first MAX_ERRORS errors are kept; the rest are counted and reported as omitted.
+
+/predict is strict (finite numbers, exact field names, null only where the model takes one);
+/invocations follows MLflow's scoring server: extra columns are ignored, numbers coerce the way
+pandas does, NaN means missing, and errors are MLflow's 400 `{error_code, message}`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from typing import Any
+
+import pydantic_core
+from pydantic_core import SchemaValidator, ValidationError, core_schema
+
+from serving.predictors import Batch
+from serving.spec import Column, ServingSpec
+
+MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+# /predict's numbers: finite and within this magnitude (stated in the OpenAPI schema). Beyond it
+# a scaled feature can overflow a model; /invocations takes any number, as MLflow does, and the
+# predictors' range guard refuses what the model cannot score.
+MAX_ABS_NUMBER = 1e15
+INT64 = (-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+class RequestError(Exception):
+    """A client mistake: status, one-line message, the first errors and how many were left out.
+    `code` is MLflow's error code for /invocations (BAD_REQUEST or INVALID_PARAMETER_VALUE)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        omitted: int = 0,
+        code: str = "BAD_REQUEST",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.errors = errors or []
+        self.omitted = omitted
+
+
+def _scalar(col: Column, *, mlflow: bool) -> core_schema.CoreSchema:
+    """The validator of one field: strict on /predict, MLflow's (pandas') coercions on
+    /invocations (ints and numeric strings for doubles, numbers for strings)."""
+    strict = not mlflow
+    if col.type in ("double", "float") or (mlflow and col.type in ("long", "integer")):
+        schema: core_schema.CoreSchema = _number(mlflow)
+    elif col.type in ("long", "integer"):
+        lo, hi = INT64 if col.type == "long" else INT32
+        schema = core_schema.int_schema(strict=True, ge=lo, le=hi)
+    elif col.type == "boolean":
+        schema = core_schema.bool_schema(strict=strict)
+    else:
+        schema = core_schema.str_schema(strict=strict, coerce_numbers_to_str=mlflow)
+    # MLflow: a null in an integer column cannot be cast to int64 (400); elsewhere it is NaN
+    nullable = col.nullable and not (mlflow and col.type in ("long", "integer"))
+    return core_schema.nullable_schema(schema) if nullable else schema
+
+
+def _number(mlflow: bool) -> core_schema.CoreSchema:
+    if mlflow:
+        return core_schema.float_schema(strict=False, allow_inf_nan=True)
+    bound = MAX_ABS_NUMBER
+    return core_schema.float_schema(strict=True, allow_inf_nan=False, ge=-bound, le=bound)
+
+
+def _record_validator(columns: list[Column], *, mlflow: bool) -> SchemaValidator:
+    fields = {}
+    for col in columns:
+        schema = _scalar(col, mlflow=mlflow)
+        if mlflow or not col.required:  # an absent column is a null (pandas: NaN)
+            schema = core_schema.with_default_schema(schema, default=None, validate_default=True)
+        fields[col.name] = core_schema.typed_dict_field(
+            schema, required=not mlflow and col.required
+        )
+    return SchemaValidator(
+        core_schema.typed_dict_schema(
+            fields, extra_behavior="ignore" if mlflow else "forbid", total=False
+        )
+    )
+
+
+def _row_validator(spec: ServingSpec, *, mlflow: bool) -> SchemaValidator:
+    item = _number(mlflow)
+    if spec.tensor_nullable:
+        item = core_schema.nullable_schema(item)
+    width = spec.tensor_width
+    return SchemaValidator(core_schema.list_schema(item, min_length=width, max_length=width))
+
+
+class RequestParser:
+    def __init__(self, spec: ServingSpec, max_batch: int, max_errors: int = 10) -> None:
+        self.spec = spec
+        self.max_batch = max_batch
+        self.max_errors = max_errors
+        self.columns = spec.columns
+        self.names = spec.input_names
+        width = len(self.names) if self.columns else (spec.tensor_width or 1)
+        # commas in a valid body: at most (width + 1) per record, plus dataframe_split's header
+        self.max_values = max_batch * (width + 1) + width + 64
+        if self.columns is not None:
+            self.strict = _record_validator(self.columns, mlflow=False)
+            self.lax = _record_validator(self.columns, mlflow=True)
+        else:
+            self.strict = _row_validator(spec, mlflow=False)
+            self.lax = _row_validator(spec, mlflow=True)
+
+    # -- shared steps ---------------------------------------------------------------------
+    def _parse_json(self, body: bytes) -> Any:
+        if len(body) > 64 and _STRINGS.sub(b"", body).count(b",") >= self.max_values:
+            raise RequestError(
+                413,
+                f"too many values for a batch of at most {self.max_batch} records",
+                code="BAD_REQUEST",
+            )
+        try:
+            return pydantic_core.from_json(body, allow_inf_nan=True)
+        except ValueError as exc:
+            raise RequestError(400, f"body is not valid JSON: {exc}") from None
+
+    def _check_size(self, records: list[Any]) -> None:
+        if not records:
+            raise RequestError(
+                422,
+                "empty batch: send at least one record",
+                [{"record": None, "field": None, "type": "too_short", "message": "empty batch"}],
+                code="INVALID_PARAMETER_VALUE",
+            )
+        if len(records) > self.max_batch:
+            raise RequestError(
+                413, f"batch of {len(records)} records is over the maximum of {self.max_batch}"
+            )
+
+    def _validate(self, items: list[Any], validator: SchemaValidator, status: int) -> list[Any]:
+        """Validate record by record, keeping the first max_errors errors (module docstring)."""
+        out: list[Any] = []
+        errors: list[dict[str, Any]] = []
+        total = 0
+        for i, item in enumerate(items):
+            try:
+                out.append(validator.validate_python(item))
+            except ValidationError as exc:
+                total += exc.error_count()
+                if len(errors) < self.max_errors:
+                    errors += self._errors(exc, i)[: self.max_errors - len(errors)]
+        if errors:
+            first = errors[0]
+            where = [f"record {first['record']}"]
+            if first["field"] is not None:
+                where.append(f"field '{first['field']}'")
+            more = f" (+{total - 1} more errors)" if total > 1 else ""
+            raise RequestError(
+                status, f"{', '.join(where)}: {first['message']}{more}", errors, total - len(errors)
+            )
+        return out
+
+    def _errors(self, exc: ValidationError, record: int) -> list[dict[str, Any]]:
+        # never the input value: it may be a NaN or a huge string
+        out = []
+        for err in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = err["loc"]
+            field = (f"[{loc[0]}]" if isinstance(loc[0], int) else str(loc[0])) if loc else None
+            message = err["msg"]
+            if err["type"] == "none_required" or (err["type"].endswith("_type") and field):
+                message = message.replace("Input should", "value should")
+            out.append({"record": record, "field": field, "type": err["type"], "message": message})
+        return out
+
+    def batch(self, records: list[Any]) -> Batch:
+        if self.columns is None:
+            return Batch(size=len(records), rows=records)
+        return Batch(
+            size=len(records), columns={n: [r.get(n) for r in records] for n in self.names}
+        )
+
+    # -- /predict -------------------------------------------------------------------------
+    def predict(self, body: bytes) -> Batch:
+        doc = self._parse_json(body)
+        if self.columns is None:
+            rows = doc if isinstance(doc, list) and doc and isinstance(doc[0], list) else [doc]
+            if isinstance(doc, list) and not doc:
+                rows = []
+        elif isinstance(doc, dict):
+            rows = [doc]
+        elif isinstance(doc, list):
+            rows = doc
+        else:
+            raise RequestError(400, "expected a record (JSON object) or a list of records")
+        self._check_size(rows)
+        return self.batch(self._validate(rows, self.strict, 422))
+
+    # -- /invocations: MLflow's formats ---------------------------------------------------------
+    def invocations(self, body: bytes) -> Batch:
+        doc = self._parse_json(body)
+        if not isinstance(doc, dict):
+            kind = "a list" if isinstance(doc, list) else type(doc).__name__
+            raise RequestError(
+                400,
+                f"the input must be a JSON object with exactly one of {MLFLOW_FORMATS}, got {kind}",
+            )
+        keys = [k for k in MLFLOW_FORMATS if k in doc]
+        if len(keys) != 1:
+            raise RequestError(
+                400,
+                f"the input must be a JSON object with exactly one of {MLFLOW_FORMATS}; "
+                f"got {len(keys)}",
+            )
+        key, payload = keys[0], doc[keys[0]]
+        if self.columns is None:
+            rows = self._tensor_rows(key, payload)
+        else:
+            rows = self._records(key, payload)
+        self._check_size(rows)
+        if self.columns is not None:
+            self._check_columns(rows)
+        rows = [_nan_to_none(r) for r in rows]
+        return self.batch(self._validate(rows, self.lax, 400))
+
+    def _records(self, key: str, payload: Any) -> list[Any]:
+        if key == "dataframe_split":
+            if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+                raise RequestError(
+                    400, "dataframe_split needs 'columns' and 'data' (a list of rows)"
+                )
+            cols = payload.get("columns")
+            rows = payload["data"]
+            if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+                raise RequestError(
+                    400,
+                    f"dataframe_split 'columns' must list the model's columns {self.names}",
+                    code="INVALID_PARAMETER_VALUE",
+                )
+            if len(set(cols)) != len(cols):
+                dup = sorted({c for c in cols if cols.count(c) > 1})
+                raise RequestError(
+                    400,
+                    f"dataframe_split has duplicate columns {dup}",
+                    code="INVALID_PARAMETER_VALUE",
+                )
+            for i, row in enumerate(rows):
+                if not isinstance(row, list) or len(row) != len(cols):
+                    raise RequestError(
+                        400, f"dataframe_split row {i} does not have {len(cols)} values"
+                    )
+            return [dict(zip(cols, row, strict=True)) for row in rows]
+        if isinstance(payload, dict) and key in ("inputs", "instances"):
+            columns = list(payload.values())
+            if not all(isinstance(v, list) for v in columns):
+                raise RequestError(400, f"'{key}' as an object must map columns to lists")
+            n = len(columns[0]) if columns else 0
+            if any(len(v) != n for v in columns):
+                raise RequestError(
+                    400, f"'{key}' columns have different lengths", code="INVALID_PARAMETER_VALUE"
+                )
+            return [{c: payload[c][i] for c in payload} for i in range(n)]
+        if not isinstance(payload, list):
+            code = "BAD_REQUEST" if key == "dataframe_records" else "INVALID_PARAMETER_VALUE"
+            raise RequestError(400, f"'{key}' must be a list of records", code=code)
+        if not all(isinstance(r, dict) for r in payload):
+            raise RequestError(
+                400, f"'{key}' must be a list of records (objects)", code="INVALID_PARAMETER_VALUE"
+            )
+        return payload
+
+    def _check_columns(self, records: list[dict[str, Any]]) -> None:
+        present: set[str] = set()
+        for rec in records:
+            present.update(rec)
+        missing = [c.name for c in self.columns or [] if c.required and c.name not in present]
+        if missing:
+            raise RequestError(
+                400, f"Model is missing inputs {missing}", code="INVALID_PARAMETER_VALUE"
+            )
+
+    def _tensor_rows(self, key: str, payload: Any) -> list[Any]:
+        if key == "dataframe_split" and isinstance(payload, dict):
+            payload = payload.get("data")
+        elif key == "dataframe_records" and isinstance(payload, list):
+            payload = [list(r.values()) if isinstance(r, dict) else r for r in payload]
+        if not isinstance(payload, list) or not all(isinstance(r, list) for r in payload):
+            raise RequestError(
+                400,
+                f"'{key}' must be a list of rows of {self.spec.tensor_width} numbers",
+                code="INVALID_PARAMETER_VALUE",
+            )
+        return payload
+
+    # -- text/csv -------------------------------------------------------------------------
+    def csv(self, body: bytes) -> Batch:
+        if body.count(b",") + body.count(b"\n") >= self.max_values:
+            raise RequestError(413, f"too many values for a batch of at most {self.max_batch}")
+        try:
+            lines = list(csv.reader(io.StringIO(body.decode("utf-8"))))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RequestError(400, f"body is not UTF-8 CSV: {exc}") from None
+        if not lines:
+            raise RequestError(400, "empty CSV: expected a header row and records")
+        header, rows = lines[0], [r for r in lines[1:] if r]
+        if any(len(r) != len(header) for r in rows):
+            raise RequestError(400, f"CSV rows must have the header's {len(header)} fields")
+        self._check_size(rows)
+        if self.columns is None:
+            items: list[Any] = [[_csv_value(v) for v in r] for r in rows]
+        else:
+            items = [{h: _csv_value(v) for h, v in zip(header, r, strict=True)} for r in rows]
+            self._check_columns(items)
+        return self.batch(self._validate(items, self.lax, 400))
+
+
+def _nan_to_none(row: Any) -> Any:
+    """MLflow's pandas semantics: NaN is a missing value."""
+    if isinstance(row, dict):
+        return {k: None if v != v else v for k, v in row.items()}
+    if isinstance(row, list):
+        return [None if v != v else v for v in row]
+    return row
+
+
+def _csv_value(text: str) -> Any:
+    """An empty field is missing (pandas' read_csv); the lax validator parses the rest."""
+    return None if text == "" else text
