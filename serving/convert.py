@@ -282,33 +282,31 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
         ]
     options = {id(est): {"zipmap": False}} if spec.task == "classification" else None
     try:
-        onx = convert_sklearn(
+        onx, topology = convert_sklearn(
             graph_model,
             initial_types=types,
             options=options,
             target_opset={"": 19, "ai.onnx.ml": 3},
             custom_conversion_functions={SimpleImputer: _convert_imputer},
+            intermediate=True,
         )
     except Unsupported:
         raise
     except Exception as exc:  # noqa: BLE001 - skl2onnx raises many kinds for "cannot convert"
         reason = " ".join(str(exc).split())[:300]
         raise Unsupported(f"skl2onnx: {type(exc).__name__}: {reason}") from None
-    return _expose_features(onx, spec)
+    casts = [op for op in topology.unordered_operator_iterator() if op.raw_operator is cast]
+    if len(casts) != 1:
+        raise Unsupported("cannot find the preprocessed features in the graph")
+    return _expose_features(onx, spec, casts[0].inputs[0].onnx_name)
 
 
-def _expose_features(onx: Any, spec: ServingSpec) -> bytes:
+def _expose_features(onx: Any, spec: ServingSpec, features: str) -> bytes:
     """Name the outputs and add the preprocessed features (the Cast's input) as an output."""
     from onnx import TensorProto, helper
 
     graph = onx.graph
     spec.onnx_inputs = [i.name for i in graph.input]
-    casts = [n for n in graph.node if n.op_type == "Cast" and "conveyor_cast" in n.name.lower()]
-    if not casts:  # skl2onnx names the node after the operator's alias, not the step
-        casts = [n for n in graph.node if n.op_type == "Cast"]
-    features = casts[-1].input[0] if len(casts) == 1 or spec.columns is None else None
-    if features is None:
-        features = _cast_input(graph)
     graph.output.append(helper.make_tensor_value_info(features, TensorProto.DOUBLE, None))
     outputs = [o.name for o in graph.output]
     if spec.task == "classification":
@@ -316,15 +314,6 @@ def _expose_features(onx: Any, spec: ServingSpec) -> bytes:
     else:
         spec.onnx_outputs = {"values": outputs[0], "features": features}
     return onx.SerializeToString()
-
-
-def _cast_input(graph: Any) -> str:
-    """The input of the Cast that feeds the estimator (the last Cast whose input is double)."""
-    produced = {o: n for n in graph.node for o in n.output}
-    for node in reversed(graph.node):
-        if node.op_type == "Cast" and node.input[0] in produced:
-            return node.input[0]
-    raise Unsupported("cannot find the preprocessed features in the graph")
 
 
 def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:

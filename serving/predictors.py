@@ -114,7 +114,8 @@ class OnnxPredictor:
         if rejected:
             return Output(rejected=rejected)
         if self.spec.task == "regression":
-            return Output(values=result.reshape(batch.size, -1) if result.ndim > 1 else result)
+            values = result.reshape(batch.size, -1)
+            return Output(values=values[:, 0] if values.shape[1] == 1 else values)
         if self.label_name is not None:
             labels = results[2].reshape(-1).tolist()
         else:
