@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.model import LoadedModel
-from serving.requests import MAX_ABS_NUMBER, MLFLOW_FORMATS
+from serving.requests import MAX_ABS_NUMBER, MLFLOW_FORMATS, NUMERIC_STRING
 from serving.settings import Settings
 
 JSON = "application/json"
@@ -59,6 +59,46 @@ def field_schema(column_type: str, nullable: bool) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]} if nullable else schema
 
 
+def mlflow_field_schema(column_type: str, nullable: bool) -> dict[str, Any]:
+    """What /invocations takes for a field: MLflow's coercions (serving.requests)."""
+    if column_type in ("double", "float", "long", "integer"):
+        options: list[dict[str, Any]] = [
+            {"type": "number", "minimum": -MAX_ABS_NUMBER, "maximum": MAX_ABS_NUMBER},
+            {"type": "boolean"},
+            {"type": "string", "pattern": NUMERIC_STRING},
+        ]
+        nullable = nullable and column_type in ("double", "float")  # pandas: no null int64
+    elif column_type == "string":
+        options = [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]
+    else:
+        options = [{"type": "boolean"}]
+    return {"anyOf": options + ([{"type": "null"}] if nullable else [])}
+
+
+def split_schema(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
+    """dataframe_split with the signature's columns in its order (other orders are taken too)."""
+    spec = model.spec if model else None
+    if spec is None or spec.columns is None:
+        row: dict[str, Any] = {"type": "array"}
+        columns: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+    else:
+        columns = {"const": spec.input_names}
+        row = {
+            "type": "array",
+            "prefixItems": [mlflow_field_schema(c.type, c.nullable) for c in spec.columns],
+            "items": False,
+            "minItems": len(spec.columns),
+        }
+    return {
+        "type": "object",
+        "required": ["columns", "data"],
+        "properties": {
+            "columns": columns,
+            "data": {"type": "array", "items": row, "minItems": 1, "maxItems": max_batch},
+        },
+    }
+
+
 def input_schemas(model: LoadedModel | None) -> dict[str, Any]:
     """`Record` (column signature) or `Row` (tensor signature), and what /predict takes."""
     spec = model.spec if model else None
@@ -77,15 +117,22 @@ def input_schemas(model: LoadedModel | None) -> dict[str, Any]:
                 "maxItems": width,
             }
         }
+    required = [c.name for c in spec.columns if c.required]
     return {
         "Record": {
             "type": "object",
             "title": "Record",
             "description": "One record: the model signature's columns (null = missing).",
             "properties": {c.name: field_schema(c.type, c.nullable) for c in spec.columns},
-            "required": [c.name for c in spec.columns if c.required],
+            "required": required,
             "additionalProperties": False,
-        }
+        },
+        "MlflowRecord": {
+            "type": "object",
+            "description": "One record as MLflow's server takes it: extra fields are ignored.",
+            "properties": {c.name: mlflow_field_schema(c.type, c.nullable) for c in spec.columns},
+            "required": required,
+        },
     }
 
 
@@ -124,26 +171,25 @@ def build(settings: Settings, model: LoadedModel | None, error: str | None) -> d
     predict_body = {"anyOf": [batch] if model and model.spec.columns is None else [one, batch]}
     if model and model.spec.columns is None:  # a single row is a flat list: also accepted
         predict_body["anyOf"].append(one)
-    records = {"type": "array", "items": one, "minItems": 1, "maxItems": settings.max_batch_size}
+    mlflow_one = _ref("MlflowRecord") if "MlflowRecord" in inputs else one
+    records = {
+        "type": "array",
+        "items": mlflow_one,
+        "minItems": 1,
+        "maxItems": settings.max_batch_size,
+    }
     mlflow_request = {
         "type": "object",
         "description": f"Exactly one of {', '.join(MLFLOW_FORMATS)} (MLflow's input formats); "
         "NaN means a missing value, as in MLflow's server.",
         "properties": {
-            "dataframe_split": {
-                "type": "object",
-                "required": ["columns", "data"],
-                "properties": {
-                    "columns": {"type": "array", "items": {"type": "string"}},
-                    "data": {"type": "array", "items": {"type": "array"}},
-                },
-            },
+            "dataframe_split": split_schema(model, settings.max_batch_size),
             "dataframe_records": records,
             "inputs": records,
             "instances": records,
+            "params": {"type": "object", "description": "Ignored (sklearn models take none)."},
         },
-        "minProperties": 1,
-        "maxProperties": 1,
+        "oneOf": [{"required": [key]} for key in MLFLOW_FORMATS],
     }
     ops = {
         "/health": ("Liveness: the process answers", {"200": {"description": "alive"}}),
@@ -197,12 +243,12 @@ def build(settings: Settings, model: LoadedModel | None, error: str | None) -> d
             "tags": ["model"],
             "operationId": "invocations",
             "summary": "MLflow scoring-server contract (JSON formats or text/csv)",
+            "description": "Also `Content-Type: text/csv`: a header row of column names, then "
+            "one record per line (an empty field is missing).",
             "requestBody": {
                 "required": True,
-                "content": {
-                    JSON: {"schema": _ref("MlflowRequest")},
-                    "text/csv": {"schema": {"type": "string"}},
-                },
+                # text/csv is taken too, but no JSON Schema states a valid CSV: described above
+                "content": {JSON: {"schema": _ref("MlflowRequest")}},
             },
             "responses": {
                 "200": _json(

@@ -55,19 +55,66 @@ class RequestError(Exception):
         self.omitted = omitted
 
 
+# A number in a string, as pandas' astype(float) reads it (MLflow's coercion for a double).
+NUMERIC_STRING = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+
+
+def _mlflow_number() -> core_schema.CoreSchema:
+    """A double on /invocations: a number, a boolean, or a number in a string (MLflow's pandas
+    coercions; the OpenAPI schema states exactly these)."""
+    bound = MAX_ABS_NUMBER
+    lax_float = core_schema.float_schema(strict=False, ge=-bound, le=bound)
+    return core_schema.union_schema(
+        [
+            core_schema.float_schema(strict=True, ge=-bound, le=bound),
+            core_schema.chain_schema([core_schema.bool_schema(strict=True), lax_float]),
+            core_schema.chain_schema(
+                [core_schema.str_schema(strict=True, pattern=NUMERIC_STRING), lax_float]
+            ),
+        ],
+        mode="left_to_right",
+    )
+
+
+def _mlflow_string() -> core_schema.CoreSchema:
+    """A string on /invocations: any scalar (pandas keeps an object column as it is)."""
+    to_str = core_schema.no_info_plain_validator_function(str)
+    return core_schema.union_schema(
+        [
+            core_schema.str_schema(strict=True),
+            core_schema.chain_schema([core_schema.bool_schema(strict=True), to_str]),
+            core_schema.chain_schema([core_schema.float_schema(strict=True), to_str]),
+        ],
+        mode="left_to_right",
+    )
+
+
 def _scalar(col: Column, *, mlflow: bool) -> core_schema.CoreSchema:
     """The validator of one field: strict on /predict, MLflow's (pandas') coercions on
-    /invocations (ints and numeric strings for doubles, numbers for strings)."""
+    /invocations (ints, booleans and numeric strings for doubles, any scalar for strings)."""
     strict = not mlflow
-    if col.type in ("double", "float") or (mlflow and col.type in ("long", "integer")):
-        schema: core_schema.CoreSchema = _number(mlflow)
+    if mlflow and col.type in ("double", "float", "long", "integer"):
+        schema: core_schema.CoreSchema = _mlflow_number()
+    elif mlflow and col.type == "string":
+        schema = _mlflow_string()
+    elif col.type in ("double", "float"):
+        schema = _number(mlflow)
     elif col.type in ("long", "integer"):
+        # an integer, or a number with no fractional part (JSON Schema's integer: 3.0 is one)
         lo, hi = INT64 if col.type == "long" else INT32
-        schema = core_schema.int_schema(strict=True, ge=lo, le=hi)
+        schema = core_schema.union_schema(
+            [
+                core_schema.int_schema(strict=True, ge=lo, le=hi),
+                core_schema.chain_schema(
+                    [core_schema.float_schema(strict=True), core_schema.int_schema(ge=lo, le=hi)]
+                ),
+            ],
+            mode="left_to_right",
+        )
     elif col.type == "boolean":
         schema = core_schema.bool_schema(strict=strict)
     else:
-        schema = core_schema.str_schema(strict=strict, coerce_numbers_to_str=mlflow)
+        schema = core_schema.str_schema(strict=True)
     # MLflow: a null in an integer column cannot be cast to int64 (400); elsewhere it is NaN
     nullable = col.nullable and not (mlflow and col.type in ("long", "integer"))
     return core_schema.nullable_schema(schema) if nullable else schema
@@ -125,9 +172,7 @@ class RequestParser:
     def _parse_json(self, body: bytes) -> Any:
         if len(body) > 64 and _STRINGS.sub(b"", body).count(b",") >= self.max_values:
             raise RequestError(
-                413,
-                f"too many values for a batch of at most {self.max_batch} records",
-                code="BAD_REQUEST",
+                422, f"too many values for a batch of at most {self.max_batch} records"
             )
         try:
             return pydantic_core.from_json(body, allow_inf_nan=True)
@@ -142,9 +187,9 @@ class RequestParser:
                 [{"record": None, "field": None, "type": "too_short", "message": "empty batch"}],
                 code="INVALID_PARAMETER_VALUE",
             )
-        if len(records) > self.max_batch:
+        if len(records) > self.max_batch:  # 422: the schema's maxItems, not the body's bytes
             raise RequestError(
-                413, f"batch of {len(records)} records is over the maximum of {self.max_batch}"
+                422, f"batch of {len(records)} records is over the maximum of {self.max_batch}"
             )
 
     def _validate(self, items: list[Any], validator: SchemaValidator, status: int) -> list[Any]:
@@ -304,7 +349,7 @@ class RequestParser:
     # -- text/csv -------------------------------------------------------------------------
     def csv(self, body: bytes) -> Batch:
         if body.count(b",") + body.count(b"\n") >= self.max_values:
-            raise RequestError(413, f"too many values for a batch of at most {self.max_batch}")
+            raise RequestError(422, f"too many values for a batch of at most {self.max_batch}")
         try:
             lines = list(csv.reader(io.StringIO(body.decode("utf-8"))))
         except (UnicodeDecodeError, csv.Error) as exc:

@@ -142,7 +142,7 @@ def test_multiclass_and_regression_answers(make_client, family_dirs, family):
     "body, status, needles",
     [
         ([], 422, ["empty batch"]),
-        ([record()] * 51, 413, ["51 records", "maximum of 50"]),
+        ([record()] * 51, 422, ["51 records", "maximum of 50"]),
         ({**record(), "extra": 1}, 422, ["record 0", "field 'extra'", "Extra inputs"]),
         ({k: v for k, v in record().items() if k != "region"}, 422, ["field 'region'", "required"]),
         (record(support_calls="3"), 422, ["field 'support_calls'"]),
@@ -185,7 +185,7 @@ def test_worst_bodies_under_the_limit_are_refused_before_parsing(make_client, mo
     api = make_client(model_dir, Settings(max_batch_size=50, max_body_bytes=4 * 1024 * 1024))
     for body in (b"[" + b"{}," * 1_000_000 + b"{}]", b"[" + b"[]," * 1_000_000 + b"[]]"):
         resp = api.post("/predict", content=body, headers={"content-type": "application/json"})
-        assert resp.status_code == 413 and "too many values" in resp.json()["detail"]
+        assert resp.status_code == 422 and "too many values" in resp.json()["detail"]
         assert len(resp.content) < 300
 
 
