@@ -185,9 +185,11 @@ def build(settings: Settings, model: LoadedModel | None, error: str | None) -> d
         "properties": {
             "dataframe_split": split_schema(model, settings.max_batch_size),
             "dataframe_records": records,
+            # also taken, as in MLflow: an object of equally long columns, which JSON Schema
+            # cannot state ("equally long"): described, not declared
             "inputs": records,
             "instances": records,
-            "params": {"type": "object", "description": "Ignored (sklearn models take none)."},
+            "params": {"description": "Ignored (sklearn models take none)."},
         },
         "oneOf": [{"required": [key]} for key in MLFLOW_FORMATS],
     }

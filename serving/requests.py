@@ -55,8 +55,9 @@ class RequestError(Exception):
         self.omitted = omitted
 
 
-# A number in a string, as pandas' astype(float) reads it (MLflow's coercion for a double).
-NUMERIC_STRING = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+# A number in a string, as pandas' astype(float) reads it (MLflow's coercion for a double), within
+# MAX_ABS_NUMBER: at most 15 digits before the point, no exponent.
+NUMERIC_STRING = r"^[-+]?([0-9]{1,15}(\.[0-9]*)?|\.[0-9]+)$"
 
 
 def _mlflow_number() -> core_schema.CoreSchema:
@@ -305,15 +306,16 @@ class RequestParser:
                     )
             return [dict(zip(cols, row, strict=True)) for row in rows]
         if isinstance(payload, dict) and key in ("inputs", "instances"):
-            columns = list(payload.values())
-            if not all(isinstance(v, list) for v in columns):
+            # column-oriented: {"col": [v0, v1, ...], ...}; other keys are ignored, as in MLflow
+            columns = {k: v for k, v in payload.items() if k in self.names}
+            if not all(isinstance(v, list) for v in columns.values()):
                 raise RequestError(400, f"'{key}' as an object must map columns to lists")
-            n = len(columns[0]) if columns else 0
-            if any(len(v) != n for v in columns):
+            n = len(next(iter(columns.values()))) if columns else 0
+            if any(len(v) != n for v in columns.values()):
                 raise RequestError(
                     400, f"'{key}' columns have different lengths", code="INVALID_PARAMETER_VALUE"
                 )
-            return [{c: payload[c][i] for c in payload} for i in range(n)]
+            return [{c: v[i] for c, v in columns.items()} for i in range(n)]
         if not isinstance(payload, list):
             code = "BAD_REQUEST" if key == "dataframe_records" else "INVALID_PARAMETER_VALUE"
             raise RequestError(400, f"'{key}' must be a list of records", code=code)
