@@ -140,12 +140,24 @@ def conversion_result(client, image: str) -> dict[str, Any]:
     """serving.convert's spec from the convert stage's image, via a container's output."""
     import docker
 
+    container = None
     try:
-        out = client.containers.run(image, ["cat", SPEC_PATH], remove=True,
-                                    network_disabled=True, stdout=True, stderr=False)
+        # not containers.run(remove=True): its logs can come back cut short
+        container = client.containers.create(image, ["cat", SPEC_PATH], network_disabled=True)
+        container.start()
+        status = container.wait(timeout=120)
+        out = container.logs(stdout=True, stderr=False)
+        if status.get("StatusCode") != 0:
+            raise PipelineError(f"no conversion result in {image}: {out[-300:]!r}")
         return json.loads(out)
     except (docker.errors.DockerException, ValueError) as exc:
         raise PipelineError(f"cannot read the conversion result from {image}: {exc}") from exc
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
 
 
 def build(client, base_image: str, sklearn_image: str, repository: str, workspace: Path,

@@ -247,7 +247,7 @@ def test_invocations_formats_and_csv(client):
         {"inputs": {k: [v] for k, v in rec.items()}},
     ):
         assert client.post("/invocations", body).json() == expected
-    csv = "tenure months,monthly_charges (usd),support_calls,contract,region\n12.5,80,3,monthly,north\n"
+    csv = ",".join(rec) + "\n12.5,80,3,monthly,north\n"
     resp = client.post("/invocations", content=csv.encode(), headers={"content-type": "text/csv"})
     assert resp.json() == expected
 

@@ -62,8 +62,7 @@ PAYLOADS = [
     ),
     (
         "csv",
-        "tenure months,monthly_charges (usd),support_calls,contract,region\n12.5,80,3,monthly,north\n"
-        "1,,2,,east\n",
+        ",".join(OK) + "\n12.5,80,3,monthly,north\n1,,2,,east\n",
         "text/csv",
     ),
     ("string for double", {"dataframe_records": [record(**{"tenure months": "x"})]}, JSON),

@@ -68,10 +68,17 @@ def serve(model_dir: Path, compiled: Path, tmp_path: Path, **env: str) -> Iterat
             proc.wait()
 
 
+PARTIAL_BODY = (
+    b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    b"content-length: 100\r\n\r\n{"
+)
+
+
 def count(base: str, status: str) -> float:
     text = requests.get(f"{base}/metrics", timeout=5).text
     m = re.search(
-        rf'conveyor_http_requests_total\{{endpoint="/predict",method="POST",status="{status}"\}} (\S+)',
+        rf'conveyor_http_requests_total\{{endpoint="/predict",method="POST",'
+        rf'status="{status}"\}} (\S+)',
         text,
     )
     return float(m.group(1)) if m else 0.0
@@ -111,16 +118,12 @@ def test_slow_clients_are_cut_off_and_leaving_clients_are_499(model_dir, compile
         assert time.monotonic() - t0 < 4
 
         slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
-        )
+        slow.sendall(PARTIAL_BODY)
         slow.settimeout(5)
         assert slow.recv(4096).startswith(b"HTTP/1.1 408")
 
         gone = socket.create_connection(("127.0.0.1", port))
-        gone.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
-        )
+        gone.sendall(PARTIAL_BODY)
         time.sleep(0.2)
         gone.close()
         time.sleep(0.3)
