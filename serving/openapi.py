@@ -129,9 +129,11 @@ def input_schemas(model: LoadedModel | None) -> dict[str, Any]:
         },
         "MlflowRecord": {
             "type": "object",
-            "description": "One record as MLflow's server takes it: extra fields are ignored.",
+            "description": "One record as MLflow's server takes it. Extra fields are ignored (not "
+            "declared: the values a body may hold are bounded by what a full batch needs).",
             "properties": {c.name: mlflow_field_schema(c.type, c.nullable) for c in spec.columns},
             "required": required,
+            "additionalProperties": False,
         },
     }
 
@@ -192,6 +194,7 @@ def build(settings: Settings, model: LoadedModel | None, error: str | None) -> d
             "params": {"description": "Ignored (sklearn models take none)."},
         },
         "oneOf": [{"required": [key]} for key in MLFLOW_FORMATS],
+        "additionalProperties": False,
     }
     ops = {
         "/health": ("Liveness: the process answers", {"200": {"description": "alive"}}),
