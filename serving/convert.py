@@ -298,7 +298,35 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
     casts = [op for op in topology.unordered_operator_iterator() if op.raw_operator is cast]
     if len(casts) != 1:
         raise Unsupported("cannot find the preprocessed features in the graph")
+    _missing_like_sklearn(onx, est)
     return _expose_features(onx, spec, casts[0].inputs[0].onnx_name)
+
+
+def _missing_like_sklearn(onx: Any, est: Any) -> None:
+    """Send a NaN down the branch sklearn's own trees send it (`tree_.missing_go_to_left`,
+    set at fit time even without missing values in training), which skl2onnx leaves out: a
+    forest without an imputer then answers a null as sklearn does. Forests and single trees."""
+    from onnx import helper
+    from sklearn.tree import BaseDecisionTree
+
+    trees = [est] if isinstance(est, BaseDecisionTree) else list(getattr(est, "estimators_", []))
+    if not trees or not all(
+        isinstance(t, BaseDecisionTree) and hasattr(t.tree_, "missing_go_to_left") for t in trees
+    ):
+        return
+    for node in onx.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        tree_ids, node_ids = attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints
+        modes = attrs["nodes_modes"].strings
+        tracks = [
+            0 if mode == b"LEAF" else int(trees[t].tree_.missing_go_to_left[n])
+            for t, n, mode in zip(tree_ids, node_ids, modes, strict=True)
+        ]
+        if "nodes_missing_value_tracks_true" in attrs:
+            node.attribute.remove(attrs["nodes_missing_value_tracks_true"])
+        node.attribute.append(helper.make_attribute("nodes_missing_value_tracks_true", tracks))
 
 
 def _expose_features(onx: Any, spec: ServingSpec, features: str) -> bytes:

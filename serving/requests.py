@@ -21,6 +21,7 @@ import io
 import re
 from typing import Any
 
+import orjson
 import pydantic_core
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 
@@ -34,7 +35,7 @@ MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 MAX_ABS_NUMBER = 1e15
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, escapes too
 
 
 class RequestError(Exception):
@@ -171,10 +172,18 @@ class RequestParser:
 
     # -- shared steps ---------------------------------------------------------------------
     def _parse_json(self, body: bytes) -> Any:
-        if len(body) > 64 and _STRINGS.sub(b"", body).count(b",") >= self.max_values:
+        # All commas are an upper bound of the values; only above the limit are the commas in
+        # strings told apart (a regex pass, ~0.1 s for 4 MiB).
+        if body.count(b",") >= self.max_values and (
+            _STRINGS.sub(b"", body).count(b",") >= self.max_values
+        ):
             raise RequestError(
                 422, f"too many values for a batch of at most {self.max_batch} records"
             )
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # NaN / Infinity literals (MLflow's JSON has them), or not JSON at all
         try:
             return pydantic_core.from_json(body, allow_inf_nan=True)
         except ValueError as exc:

@@ -10,9 +10,11 @@ with `pyfunc_predict_fn="predict_proba"`) and one that skl2onnx cannot convert.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -143,6 +145,17 @@ def save_tensor(path: Path, predict_fn: str = "predict_proba") -> Any:
     return model
 
 
+def save_tensor_forest(path: Path) -> Any:
+    """A forest on a bare array (no imputer): sklearn's trees take NaN themselves."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+
+    X, y = load_diabetes(return_X_y=True)
+    model = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0).fit(X, y)
+    save(model, path, X)
+    return model
+
+
 def save_unconvertible(path: Path) -> Any:
     """A FunctionTransformer of a numpy function: skl2onnx converts only the identity one, so
     this model is served by sklearn."""
@@ -182,6 +195,13 @@ def model_dir(family_dirs) -> Path:
 def tensor_dir(models_root) -> Path:
     path = models_root / "tensor"
     save_tensor(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tensor_forest_dir(models_root) -> Path:
+    path = models_root / "tensor_forest"
+    save_tensor_forest(path)
     return path
 
 
@@ -250,3 +270,26 @@ def frame(records: list[dict[str, Any]]):
     for col in CATEGORICAL:
         df[col] = df[col].astype(object).where(df[col].notna(), np.nan)
     return df
+
+
+class Client:
+    """A synchronous view of httpx's ASGI transport (one event loop per call)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.request(method, path, **kw)
+
+        return asyncio.run(go())
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body=None, **kw) -> httpx.Response:
+        if body is not None:
+            kw["json"] = body
+        return self.request("POST", path, **kw)

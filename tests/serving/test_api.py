@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -13,34 +12,11 @@ from hypothesis import strategies as st
 
 from serving.app import ServingState, create_app
 from serving.settings import Settings
-from tests.serving.conftest import FEATURES, frame, load_reference, record
+from tests.serving.conftest import FEATURES, Client, frame, load_reference, record
 
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings(max_batch_size=50, max_body_bytes=20_000, max_errors=3)
-
-
-class Client:
-    """A synchronous view of httpx's ASGI transport (one event loop per call)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                return await client.request(method, path, **kw)
-
-        return asyncio.run(go())
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, body=None, **kw) -> httpx.Response:
-        if body is not None:
-            kw["json"] = body
-        return self.request("POST", path, **kw)
 
 
 @pytest.fixture(scope="module")

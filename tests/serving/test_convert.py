@@ -86,6 +86,17 @@ def test_tensor_signature_model_compiles(tensor_dir, load):
     assert model.classes == [0, 1, 2]
 
 
+def test_forest_takes_nulls_as_sklearn_does(tensor_forest_dir, load):
+    """A null reaches the trees (no imputer): each split sends it where sklearn's does."""
+    model = load(tensor_forest_dir)
+    assert model.path == "onnx" and model.spec.tensor_nullable, model.note
+    rows = np.random.default_rng(3).normal(0, 0.05, size=(200, 10))
+    rows[np.random.default_rng(4).uniform(size=rows.shape) < 0.2] = np.nan
+    out = model.predict(Batch(size=200, rows=[[None if v != v else v for v in r] for r in rows]))
+    expected = load_reference(tensor_forest_dir).predict(rows)
+    np.testing.assert_allclose(out.values, expected, rtol=TOLERANCE)
+
+
 def test_unconvertible_model_is_served_by_sklearn_and_says_why(unconvertible_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "serving.convert", str(unconvertible_dir), str(tmp_path / "out")],
