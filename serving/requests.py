@@ -129,7 +129,7 @@ def _number(mlflow: bool) -> core_schema.CoreSchema:
     return core_schema.float_schema(strict=True, allow_inf_nan=False, ge=-bound, le=bound)
 
 
-def _record_validator(columns: list[Column], *, mlflow: bool) -> SchemaValidator:
+def _record_schema(columns: list[Column], *, mlflow: bool) -> core_schema.CoreSchema:
     fields = {}
     for col in columns:
         schema = _scalar(col, mlflow=mlflow)
@@ -138,19 +138,24 @@ def _record_validator(columns: list[Column], *, mlflow: bool) -> SchemaValidator
         fields[col.name] = core_schema.typed_dict_field(
             schema, required=not mlflow and col.required
         )
-    return SchemaValidator(
-        core_schema.typed_dict_schema(
-            fields, extra_behavior="ignore" if mlflow else "forbid", total=False
-        )
-    )
+    extra = "ignore" if mlflow else "forbid"
+    return core_schema.typed_dict_schema(fields, extra_behavior=extra, total=False)
 
 
-def _row_validator(spec: ServingSpec, *, mlflow: bool) -> SchemaValidator:
-    item = _number(mlflow)
+def _row_schema(spec: ServingSpec, *, mlflow: bool) -> core_schema.CoreSchema:
+    item = _mlflow_number() if mlflow else _number(mlflow)
     if spec.tensor_nullable:
         item = core_schema.nullable_schema(item)
     width = spec.tensor_width
-    return SchemaValidator(core_schema.list_schema(item, min_length=width, max_length=width))
+    return core_schema.list_schema(item, min_length=width, max_length=width)
+
+
+class Validators:
+    """One record's validator, and the whole batch's (one call into pydantic-core)."""
+
+    def __init__(self, schema: core_schema.CoreSchema) -> None:
+        self.one = SchemaValidator(schema)
+        self.many = SchemaValidator(core_schema.list_schema(schema))
 
 
 class RequestParser:
@@ -164,11 +169,11 @@ class RequestParser:
         # commas in a valid body: at most (width + 1) per record, plus dataframe_split's header
         self.max_values = max_batch * (width + 1) + width + 64
         if self.columns is not None:
-            self.strict = _record_validator(self.columns, mlflow=False)
-            self.lax = _record_validator(self.columns, mlflow=True)
+            self.strict = Validators(_record_schema(self.columns, mlflow=False))
+            self.lax = Validators(_record_schema(self.columns, mlflow=True))
         else:
-            self.strict = _row_validator(spec, mlflow=False)
-            self.lax = _row_validator(spec, mlflow=True)
+            self.strict = Validators(_row_schema(spec, mlflow=False))
+            self.lax = Validators(_row_schema(spec, mlflow=True))
 
     # -- shared steps ---------------------------------------------------------------------
     def _parse_json(self, body: bytes) -> Any:
@@ -202,8 +207,14 @@ class RequestParser:
                 422, f"batch of {len(records)} records is over the maximum of {self.max_batch}"
             )
 
-    def _validate(self, items: list[Any], validator: SchemaValidator, status: int) -> list[Any]:
-        """Validate record by record, keeping the first max_errors errors (module docstring)."""
+    def _validate(self, items: list[Any], validators: Validators, status: int) -> list[Any]:
+        """The whole batch in one call; when it fails, record by record, keeping the first
+        max_errors errors (module docstring)."""
+        try:
+            return validators.many.validate_python(items)
+        except ValidationError:
+            pass
+        validator = validators.one
         out: list[Any] = []
         errors: list[dict[str, Any]] = []
         total = 0
