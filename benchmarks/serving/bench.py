@@ -12,7 +12,8 @@ Each model is compiled as the bake does (serving.convert) and served by each ser
 each, pinned to the same core (`taskset -c 1`), with the load generator (`wrk`) on the other.
 Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records), a
 1000-record batch, peak RSS, cold start (spawn -> first prediction), the in-process sklearn
-`predict_proba`/`predict` time for the same 1000 records, and the ratios against the targets.
+`predict_proba`/`predict` time for the same 1000 records (pinned to the servers' core), and the
+ratios against the targets.
 The raw-ASGI ceiling (uvicorn + httptools answering a fixed body, no model) is printed as the
 limit. Figures depend on the machine and its load: the load average is printed with them.
 Nothing here is asserted by the tests.
@@ -287,32 +288,47 @@ def wrk(port: int, path: str, body: bytes, conns: int, duration: int, tmp: Path)
     }
 
 
-def in_process_ms(model_dir: Path, rows: list, n: int = 20) -> float:
-    """sklearn's own predict_proba (classifiers) or predict on the same records, in process."""
-    import numpy as np
-    import pandas as pd
+IN_PROCESS = """
+import json, statistics, sys, time
+import numpy as np
+import pandas as pd
+from serving.artifact import read_artifact
+from serving.convert import load_estimator
 
-    sys.path.insert(0, str(ROOT))
-    from serving.artifact import read_artifact
-    from serving.convert import load_estimator
+model_dir, rows_file = sys.argv[1], sys.argv[2]
+rows = json.load(open(rows_file))
+model = load_estimator(read_artifact(model_dir))
+if isinstance(rows[0], dict):
+    X = pd.DataFrame(rows)
+    for col in X.columns:
+        if X[col].dtype == object and all(v is None or isinstance(v, (int, float)) for v in X[col]):
+            X[col] = X[col].astype(float)
+else:
+    X = np.array(rows, dtype=float)
+fn = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+times = []
+for _ in range(22):
+    t = time.perf_counter()
+    fn(X)
+    times.append(time.perf_counter() - t)
+print(statistics.median(times[2:]) * 1000)
+"""
 
-    model = load_estimator(read_artifact(str(model_dir)))
-    if isinstance(rows[0], dict):
-        X = pd.DataFrame(rows)
-        for col in X.columns:
-            if X[col].dtype == object and all(
-                v is None or isinstance(v, float | int) for v in X[col]
-            ):
-                X[col] = X[col].astype(float)
-    else:
-        X = np.array(rows, dtype=float)
-    fn = model.predict_proba if hasattr(model, "predict_proba") else model.predict
-    times = []
-    for _ in range(n + 2):
-        t = time.perf_counter()
-        fn(X)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[2:]) * 1000
+
+def in_process_ms(model_dir: Path, rows: list, tmp: Path) -> float:
+    """sklearn's own predict_proba (classifiers) or predict on the same records, in a process
+    pinned to the servers' core (sklearn's OpenMP would otherwise use both)."""
+    rows_file = tmp / f"inproc-{model_dir.name}.json"
+    rows_file.write_text(json.dumps(rows))
+    out = subprocess.run(
+        ["taskset", "-c", SERVER_CORE, PYTHON, "-c", IN_PROCESS, str(model_dir), str(rows_file)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 CEILING_APP = """
@@ -469,7 +485,7 @@ def main() -> int:
             {
                 "label": label,
                 "rows": rows,
-                "inproc": in_process_ms(model_dir, thousand),
+                "inproc": in_process_ms(model_dir, thousand, tmp),
                 "path": conversion["path"],
                 "colds": colds,
             }
