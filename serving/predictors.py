@@ -34,7 +34,7 @@ class Batch:
 
     size: int
     columns: dict[str, list[Any]] | None = None
-    rows: list[list[Any]] | None = None
+    rows: Any = None  # a list of rows, or one float64 array (serving.requests' fast path)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import operator
 import re
 from typing import Any
@@ -251,6 +252,28 @@ class RequestParser:
             out.append({"record": record, "field": field, "type": err["type"], "message": message})
         return out
 
+    def _fast_rows(self, rows: list[Any], *, mlflow: bool) -> Batch | None:
+        """A tensor batch as one array when it is one already (plain numbers, full rows, within
+        range); None sends it through the validators. NaN is a missing value on /invocations."""
+        if self.columns is not None:
+            return None
+        if not mlflow and bool in set(map(type, itertools.chain.from_iterable(rows))):
+            return None  # numpy would take True as 1: /predict refuses it
+        try:
+            array = np.array(rows)
+        except (ValueError, OverflowError):
+            return None
+        if array.dtype.kind not in "fi" or array.shape != (len(rows), self.spec.tensor_width):
+            return None  # bools, strings, nulls (object), ragged rows: the validators say why
+        numbers = array.astype(np.float64)
+        finite = np.isfinite(numbers)
+        if not finite.all():
+            if not (mlflow and self.spec.tensor_nullable) or np.isinf(numbers).any():
+                return None
+        if np.abs(numbers[finite]).max(initial=0.0) > MAX_ABS_NUMBER:
+            return None
+        return Batch(size=len(rows), rows=numbers)
+
     def _fast_columns(self, records: list[Any], *, mlflow: bool) -> Batch | None:
         """The batch as columns when every value already has its column's plain type (the
         common case), checked a column at a time at C speed; None sends the batch through the
@@ -315,9 +338,8 @@ class RequestParser:
         else:
             raise RequestError(400, "expected a record (JSON object) or a list of records")
         self._check_size(rows)
-        return self._fast_columns(rows, mlflow=False) or self.batch(
-            self._validate(rows, self.strict, 422)
-        )
+        fast = self._fast_rows(rows, mlflow=False) or self._fast_columns(rows, mlflow=False)
+        return fast or self.batch(self._validate(rows, self.strict, 422))
 
     # -- /invocations: MLflow's formats ---------------------------------------------------------
     def invocations(self, body: bytes) -> Batch:
@@ -343,9 +365,9 @@ class RequestParser:
         self._check_size(rows)
         if self.columns is not None:
             self._check_columns(rows)
-            fast = self._fast_columns(rows, mlflow=True)
-            if fast is not None:
-                return fast
+        fast = self._fast_rows(rows, mlflow=True) or self._fast_columns(rows, mlflow=True)
+        if fast is not None:
+            return fast
         rows = [_nan_to_none(r) for r in rows]
         return self.batch(self._validate(rows, self.lax, 400))
 

@@ -23,6 +23,10 @@ VALUES = st.one_of(
 )
 
 
+NUMBERS = st.one_of(st.floats(min_value=-1e16, max_value=1e16), st.integers(-(2**40), 2**40))
+MOSTLY_NUMBERS = st.one_of(NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, VALUES)
+
+
 @pytest.fixture(scope="module")
 def parser(load, model_dir) -> RequestParser:
     return RequestParser(load(model_dir).spec, max_batch=50, max_errors=3)
@@ -70,6 +74,50 @@ def test_fast_path_agrees_with_the_validators(parser, overrides, drop, mlflow):
                 or (a is None and b is None)
                 or (isinstance(a, float) and math.isnan(a) and b is None)
             ), (name, a, b)
+
+
+@pytest.fixture(scope="module")
+def tensor_parser(load, tensor_forest_dir) -> RequestParser:
+    return RequestParser(load(tensor_forest_dir).spec, max_batch=50, max_errors=3)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    rows=st.lists(st.lists(MOSTLY_NUMBERS, min_size=9, max_size=11), min_size=1, max_size=4),
+    mlflow=st.booleans(),
+)
+def test_fast_rows_agree_with_the_validators(tensor_parser, rows, mlflow):
+    fast = tensor_parser._fast_rows(rows, mlflow=mlflow)
+    if fast is None:
+        assert (
+            slow_rows(tensor_parser, rows, mlflow=mlflow) is None
+            or not all(type(v) in (int, float) and abs(v) <= 1e15 for r in rows for v in r)
+            or len({len(r) for r in rows} | {10}) > 1
+        ), rows
+        return
+    reference = slow_rows(tensor_parser, rows, mlflow=mlflow)
+    assert reference is not None, rows
+    expected = [[math.nan if v is None else float(v) for v in r] for r in reference]
+    assert fast.rows.tolist() == expected or all(
+        (a == b) or (math.isnan(a) and math.isnan(b))
+        for ra, rb in zip(fast.rows.tolist(), expected, strict=True)
+        for a, b in zip(ra, rb, strict=True)
+    )
+
+
+def slow_rows(parser: RequestParser, rows, *, mlflow: bool):
+    if mlflow:
+        rows = [[None if v != v else v for v in r] for r in rows]
+    try:
+        return parser._validate(rows, parser.lax if mlflow else parser.strict, 400)
+    except RequestError:
+        return None
 
 
 def test_amplifying_bodies_are_refused_before_parsing(parser):
