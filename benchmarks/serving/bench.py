@@ -1,6 +1,6 @@
 """Conveyor's prediction server vs `mlflow models serve`, on every model family.
 
-    python benchmarks/serving/bench.py [--duration 10] [--workdir /tmp/conveyor-bench]
+    python benchmarks/serving/bench.py [--duration 5] [--workdir /tmp/conveyor-bench]
     make bench
 
 Models: logistic regression trained by the project's pipeline on its demo data; a
@@ -10,7 +10,8 @@ parentheses); and a RandomForest regressor saved the plain way (`mlflow.sklearn.
 with a numpy input example: a tensor signature), as most existing MLflow models are.
 Each model is compiled as the bake does (serving.convert) and served by each server, one worker
 each, pinned to the same core (`taskset -c 1`), with the load generator (`wrk`) on the other.
-Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records), a
+Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records; the median of
+three wrk runs each), a
 1000-record batch, peak RSS, cold start (spawn -> first prediction), the in-process sklearn
 `predict_proba`/`predict` time for the same 1000 records (pinned to the servers' core), and the
 ratios against the targets.
@@ -344,14 +345,25 @@ async def app(scope, receive, send):
 """
 
 
+REPEATS = 3  # wrk runs per figure: the median of each, so one stall of a shared core is not it
+
+
+def median_run(port: int, path: str, body: bytes, conns: int, duration: int, tmp: Path) -> dict:
+    runs = [wrk(port, path, body, conns, duration, tmp) for _ in range(REPEATS)]
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "max")}
+    out["non2xx"] = sum(r["non2xx"] for r in runs)
+    out["socket_errors"] = " ".join(r["socket_errors"] for r in runs if r["socket_errors"])
+    return out
+
+
 def measure(
     server: Server, path: str, single: bytes, batch: bytes | None, duration: int, tmp: Path
 ) -> dict:
     cold = server.start(path, single)
     try:
         wrk(server.port, path, single, 8, 2, tmp)  # warm-up
-        r1 = wrk(server.port, path, single, 1, duration, tmp)
-        r32 = wrk(server.port, path, single, 32, duration, tmp)
+        r1 = median_run(server.port, path, single, 1, duration, tmp)
+        r32 = median_run(server.port, path, single, 32, duration, tmp)
         b = batch_ms(server.port, path, batch) if batch else float("nan")
     finally:
         server.stop()
@@ -361,7 +373,7 @@ def measure(
 # -- main ----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--cold-runs", type=int, default=3, help="extra cold starts to time")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "conveyor-bench"))
     args = parser.parse_args()
@@ -497,8 +509,9 @@ def main() -> int:
 
 def report(results, ceiling, args, load_before, load_after) -> None:
     print(
-        f"\nServer on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, {args.duration}s per run, "
-        f"1 worker each; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after."
+        f"\nServer on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, median of {REPEATS} runs of "
+        f"{args.duration}s, 1 worker each; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after."
     )
     print(
         f"Raw-ASGI ceiling (uvicorn + httptools, fixed body, no model): "
