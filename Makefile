@@ -76,6 +76,6 @@ ps: ## the stack's services and their health
 retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait for its end
 	@$(BIN)/python scripts/airflow_api.py trigger retrain $(if $(DATE),--date $(DATE)) --conf '$(or $(CONF),{})' --wait $(or $(WAIT),3600)
 
-bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on the demo model (needs wrk)
+bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on every model family (needs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	python benchmarks/serving/bench.py
