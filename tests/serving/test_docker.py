@@ -118,8 +118,7 @@ def bake(images: dict[str, str], model_dir: Path, workspace: Path, version: str)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    docker("image", "tag", result["image"], f"{repo}:labelled")  # removed with the repository
-    BAKED.append(result["image"])
+    BAKED.append(result["image"])  # the bake's own labels: removed by name, not by LABEL
     return result
 
 
