@@ -45,6 +45,7 @@ def _example_settings() -> dict[str, str]:
         "TRAIN_IMAGE": TRAIN_IMAGE,
         "RELEASE_IMAGE": RELEASE_IMAGE,
         "SERVING_IMAGE": "conveyor/serving:0123456789ab",
+        "SERVING_SKLEARN_IMAGE": "conveyor/serving-sklearn:0123456789ab",
         # The release settings (release/README.md lists them for .env.example).
         "CONVEYOR_EXECUTION": "docker",
         "DEPLOY_TARGET": "compose",
