@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 
-from pipelines.deploy import DeployConfig
+from scripts.stack_env import EXAMPLE, read
 from tests.serving.conftest import frame, load_reference, record
 
 pytestmark = pytest.mark.docker
@@ -237,7 +237,7 @@ def rss_kb(cid: str) -> int:
 
 
 def test_worst_bodies_cost_at_most_twice_the_idle_memory(model_image):
-    limit = DeployConfig.__dataclass_fields__["mem_limit"].default  # what deploy runs it with
+    limit = f"{read(EXAMPLE)['SERVING_MEMORY_MB']}m"  # what deploy runs it with (.env.example)
     cid, base = run(model_image, "WEB_CONCURRENCY=1", mounts=["--memory", limit])
     try:
         wait_health(cid, "healthy")
