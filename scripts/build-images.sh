@@ -23,6 +23,9 @@ IMAGES=(
   "s3|docker/s3/Dockerfile|S3_IMAGE"
   "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE"
   "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE"
+  "prometheus|docker/prometheus/Dockerfile|PROMETHEUS_IMAGE"
+  "alertmanager|docker/alertmanager/Dockerfile|ALERTMANAGER_IMAGE"
+  "exporters|docker/exporters/Dockerfile|EXPORTERS_IMAGE"
 )
 
 say() { echo "build-images: $*" >&2; }
