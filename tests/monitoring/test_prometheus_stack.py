@@ -1,0 +1,196 @@
+"""Prometheus and Alertmanager from the project's images on a private network, with serving
+targets found by Docker service discovery through a read-only socket proxy.
+
+1. the proxy (socket-proxy image, monitoring/docker-sd-proxy.cfg) answers the list endpoints
+   and refuses writes and container inspect;
+2. a container labelled io.conveyor.role=serving on the serving network is scraped (up, with its
+   container and run labels); an unlabelled one beside it is not;
+3. a second serving container appears as a target, the first one's removal drops it;
+4. with no serving container left, ServingDown fires and reaches Alertmanager.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.docker.toolchain import docker, wait_until
+from tests.monitoring.containers import docker_gid, http_json, monitoring_path
+
+pytestmark = pytest.mark.docker
+
+# A stand-in serving container: /metrics in the exposition format on port 8000.
+FAKE_SERVING = """
+import http.server
+body = b'conveyor_http_requests_total{endpoint="/predict",method="POST",status="200"} 5\\n'
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("", 8000), H).serve_forever()
+"""
+
+PROBE_PROXY = """
+import json, sys, urllib.request, urllib.error
+out = {}
+for method, path in json.loads(sys.argv[1]):
+    req = urllib.request.Request("http://docker-sd-proxy:2375" + path, method=method,
+                                 data=b"{}" if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        out[method + " " + path] = urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        out[method + " " + path] = exc.code
+print(json.dumps(out))
+"""
+
+
+def _serving(containers, role, image, network, *, labelled=True, run_id="run-1"):
+    labels = ["--label", "io.conveyor.role=serving", "--label", f"io.conveyor.run_id={run_id}"]
+    return containers.run(
+        role,
+        image,
+        "python",
+        "-c",
+        FAKE_SERVING,
+        network=network,
+        options=(*(labels if labelled else []), "--expose", "8000"),
+    )
+
+
+def _serving_targets(port: int) -> dict[str, str]:
+    data = http_json(f"http://127.0.0.1:{port}/api/v1/targets?state=active")
+    return {
+        t["labels"].get("container", "?"): t["health"]
+        for t in data["data"]["activeTargets"]
+        if t["labels"].get("job") == "serving"
+    }
+
+
+def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_images, containers):
+    import json
+
+    net = containers.network()
+    proxy_cfg = monitoring_path("docker-sd-proxy.cfg")
+    containers.run(
+        "docker-sd-proxy",
+        images["SOCKET_PROXY_IMAGE"],
+        "haproxy",
+        "-W",
+        "-db",
+        "-f",
+        "/etc/conveyor/docker-sd-proxy.cfg",
+        network=net,
+        options=(
+            "--group-add",
+            docker_gid(),
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            f"{proxy_cfg}:/etc/conveyor/docker-sd-proxy.cfg:ro",
+        ),
+    )
+    alertmanager = containers.run(
+        "alertmanager", images["ALERTMANAGER_IMAGE"], network=net, publish="9093"
+    )
+    python = base_images["PYTHON_IMAGE"]
+    first = _serving(containers, "serving-a", python, net, run_id="run-a")
+    decoy = _serving(containers, "not-serving", python, net, labelled=False)
+    prometheus = containers.run(
+        "prometheus",
+        images["PROMETHEUS_IMAGE"],
+        network=net,
+        publish="9090",
+        env={
+            "ALERTMANAGER_TARGET": "alertmanager:9093",
+            "PROMETHEUS_SCRAPE_INTERVAL": "2s",
+            "PROMETHEUS_DOCKER_HOST": "tcp://docker-sd-proxy:2375",
+            "SERVING_NETWORK": net,
+            "SERVING_METRICS_PORT": "8000",
+            "MLFLOW_TARGET": "mlflow:5000",
+            "AIRFLOW_EXPORTER_TARGET": "airflow-exporter:9187",
+            "PUSHGATEWAY_TARGET": "pushgateway:9091",
+        },
+    )
+    prom_port = containers.port(prometheus, "9090")
+    am_port = containers.port(alertmanager, "9093")
+
+    # 1. read-only proxy
+    probes = [
+        ["GET", "/_ping"],
+        ["GET", "/v1.41/containers/json"],
+        ["GET", "/networks"],
+        ["POST", "/v1.41/containers/create"],
+        ["GET", f"/containers/{first}/json"],
+        ["POST", f"/containers/{first}/stop"],
+        ["DELETE", f"/containers/{decoy}"],
+        ["GET", "/images/json"],
+        ["POST", "/build"],
+    ]
+    out = docker(
+        "run", "--rm", "--network", net, python, "python", "-c", PROBE_PROXY, json.dumps(probes)
+    ).stdout
+    status = json.loads(out.strip().splitlines()[-1])
+    allowed = {"GET /_ping", "GET /v1.41/containers/json", "GET /networks"}
+    assert {k for k, v in status.items() if v == 200} == allowed, status
+    assert {v for k, v in status.items() if k not in allowed} == {403}, status
+
+    # 2. the labelled container is a target and up; the unlabelled one is not a target
+    def first_is_up():
+        try:
+            return _serving_targets(prom_port).get(first) == "up"
+        except OSError:
+            return False
+
+    wait_until(
+        first_is_up,
+        timeout=90,
+        interval=2,
+        what=f"{first} up in Prometheus (logs: {containers.logs(prometheus)[-1500:]})",
+    )
+    targets = _serving_targets(prom_port)
+    assert decoy not in targets
+    series = http_json(
+        f"http://127.0.0.1:{prom_port}/api/v1/query?query=conveyor_http_requests_total"
+    )["data"]["result"]
+    assert {(s["metric"]["container"], s["metric"]["airflow_run_id"]) for s in series} == {
+        (first, "run-a")
+    }
+
+    # 3. a new container appears, the removed one is gone
+    second = _serving(containers, "serving-b", python, net, run_id="run-b")
+    wait_until(
+        lambda: _serving_targets(prom_port).get(second) == "up",
+        timeout=60,
+        interval=2,
+        what=f"{second} up",
+    )
+    docker("rm", "-f", first)
+    wait_until(
+        lambda: first not in _serving_targets(prom_port),
+        timeout=60,
+        interval=2,
+        what=f"{first} gone from the targets",
+    )
+    assert _serving_targets(prom_port) == {second: "up"}
+
+    # 4. nothing serves: ServingDown fires (after its 1 minute) and reaches Alertmanager
+    docker("stop", "-t", "2", second)
+    stopped = time.monotonic()
+
+    def serving_down_in_alertmanager():
+        alerts = http_json(f"http://127.0.0.1:{am_port}/api/v2/alerts")
+        return [a for a in alerts if a["labels"].get("alertname") == "ServingDown"]
+
+    wait_until(
+        serving_down_in_alertmanager, timeout=180, interval=5, what="ServingDown in Alertmanager"
+    )
+    assert time.monotonic() - stopped >= 60  # `for: 1m`: not at the first missed scrape
+    alert = serving_down_in_alertmanager()[0]
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["status"]["state"] == "active"
