@@ -4,7 +4,8 @@ targets found by Docker service discovery through a read-only socket proxy.
 1. the proxy (socket-proxy image, monitoring/docker-sd-proxy.cfg) answers the list endpoints
    and refuses writes and container inspect;
 2. a container labelled io.conveyor.role=serving on the serving network is scraped (up, with its
-   container and run labels); an unlabelled one beside it is not;
+   container and run labels), and so is the Compose service `serving`; an unlabelled container
+   and another Compose service beside them are not;
 3. a second serving container appears as a target, the first one's removal drops it;
 4. with no serving container left, ServingDown fires and reaches Alertmanager.
 """
@@ -50,8 +51,11 @@ print(json.dumps(out))
 """
 
 
-def _serving(containers, role, image, network, *, labelled=True, run_id="run-1"):
-    labels = ["--label", "io.conveyor.role=serving", "--label", f"io.conveyor.run_id={run_id}"]
+def _serving(containers, role, image, network, *, labels=None, run_id="run-1"):
+    """A fake serving container; labelled as the deploy step labels them unless `labels`."""
+    if labels is None:
+        labels = {"io.conveyor.role": "serving", "io.conveyor.run_id": run_id}
+    options = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
     return containers.run(
         role,
         image,
@@ -59,7 +63,7 @@ def _serving(containers, role, image, network, *, labelled=True, run_id="run-1")
         "-c",
         FAKE_SERVING,
         network=network,
-        options=(*(labels if labelled else []), "--expose", "8000"),
+        options=(*options, "--expose", "8000"),
     )
 
 
@@ -100,7 +104,15 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
     )
     python = base_images["PYTHON_IMAGE"]
     first = _serving(containers, "serving-a", python, net, run_id="run-a")
-    decoy = _serving(containers, "not-serving", python, net, labelled=False)
+    # The Compose service `serving` (the gateway's fallback): scraped too; another Compose
+    # service and an unlabelled container beside them are not.
+    fallback = _serving(
+        containers, "compose-serving", python, net, labels={"com.docker.compose.service": "serving"}
+    )
+    decoy = _serving(containers, "not-serving", python, net, labels={})
+    gateway = _serving(
+        containers, "gateway", python, net, labels={"com.docker.compose.service": "gateway"}
+    )
     prometheus = containers.run(
         "prometheus",
         images["PROMETHEUS_IMAGE"],
@@ -140,27 +152,29 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
     assert {k for k, v in status.items() if v == 200} == allowed, status
     assert {v for k, v in status.items() if k not in allowed} == {403}, status
 
-    # 2. the labelled container is a target and up; the unlabelled one is not a target
-    def first_is_up():
+    # 2. the serving containers are targets and up; the others are not targets
+    def both_up():
         try:
-            return _serving_targets(prom_port).get(first) == "up"
+            targets = _serving_targets(prom_port)
         except OSError:
             return False
+        return targets.get(first) == "up" and targets.get(fallback) == "up"
 
     wait_until(
-        first_is_up,
+        both_up,
         timeout=90,
         interval=2,
         what=f"{first} up in Prometheus (logs: {containers.logs(prometheus)[-1500:]})",
     )
-    targets = _serving_targets(prom_port)
-    assert decoy not in targets
+    assert set(_serving_targets(prom_port)) == {first, fallback}
     series = http_json(
         f"http://127.0.0.1:{prom_port}/api/v1/query?query=conveyor_http_requests_total"
     )["data"]["result"]
-    assert {(s["metric"]["container"], s["metric"]["airflow_run_id"]) for s in series} == {
-        (first, "run-a")
+    assert {(s["metric"]["container"], s["metric"].get("airflow_run_id")) for s in series} == {
+        (first, "run-a"),
+        (fallback, None),
     }
+    assert decoy and gateway  # started, never scraped
 
     # 3. a new container appears, the removed one is gone
     second = _serving(containers, "serving-b", python, net, run_id="run-b")
@@ -170,12 +184,12 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
         interval=2,
         what=f"{second} up",
     )
-    docker("rm", "-f", first)
+    docker("rm", "-f", first, fallback)
     wait_until(
-        lambda: first not in _serving_targets(prom_port),
+        lambda: set(_serving_targets(prom_port)) == {second},
         timeout=60,
         interval=2,
-        what=f"{first} gone from the targets",
+        what=f"{first} and {fallback} gone from the targets",
     )
     assert _serving_targets(prom_port) == {second: "up"}
 
