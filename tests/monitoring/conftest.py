@@ -29,6 +29,13 @@ def images() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def airflow_image(images) -> str:
+    """The Airflow image (its `airflow db migrate` gives the real metadata schema)."""
+    run("bash", "scripts/build-images.sh", "airflow", timeout=1800)
+    return read_env(ROOT / ".build" / "images.env")["AIRFLOW_IMAGE"]
+
+
+@pytest.fixture(scope="session")
 def base_images() -> dict[str, str]:
     run("bash", "scripts/base-images.sh", timeout=900)
     return read_env(ROOT / ".build" / "base-images.env")
