@@ -2,7 +2,8 @@
 
 Two assets (Airflow 3 data-aware scheduling):
 
-  LANDING  s3://<S3_BUCKET_LANDING>/<LANDING_KEY_PREFIX>   a batch object landed; emitted by the
+  LANDING  s3://<S3_BUCKET_LANDING>/<prefix>   a batch object landed (prefix: LANDING_KEY_TEMPLATE's
+           folder, e.g. `daily` for daily/{date}.csv); emitted by the
            `landing` DAG once its deferrable S3 sensor saw the date's object
   DRIFT    conveyor://drift/<MODEL_NAME>                    served inputs drifted; emitted by the
            `monitor` DAG when PSI passed `monitor.psi_threshold`
@@ -44,11 +45,11 @@ def required_env(name: str) -> str:
 
 
 def landing_asset() -> Asset:
-    bucket, prefix = (
-        required_env("S3_BUCKET_LANDING"),
-        required_env("LANDING_KEY_PREFIX").strip("/"),
-    )
-    return Asset(name=LANDING_ASSET, uri=f"s3://{bucket}/{prefix}")
+    bucket, template = required_env("S3_BUCKET_LANDING"), required_env("LANDING_KEY_TEMPLATE")
+    if "{date}" not in template:
+        raise RuntimeError(f"LANDING_KEY_TEMPLATE {template!r} has no {{date}} placeholder")
+    folder = template.split("{date}", 1)[0].rpartition("/")[0]
+    return Asset(name=LANDING_ASSET, uri=f"s3://{bucket}/{folder}".rstrip("/"))
 
 
 def drift_asset() -> Asset:

@@ -33,7 +33,6 @@ with DAG(
     check = ConveyorDockerOperator(
         task_id="check_drift",
         command=["python", "-m", "pipelines.monitor", "--params", f"{WORKSPACE}/params.yaml"],
-        network=required_env("CONVEYOR_MONITOR_NETWORK"),
         extra_env={
             "PROMETHEUS_URL": required_env("PROMETHEUS_URL"),
             "PUSHGATEWAY_URL": required_env("PUSHGATEWAY_URL"),

@@ -8,11 +8,9 @@ import pytest
 STACK_ENV = {
     "S3_BUCKET_LANDING": "conveyor-landing",
     "LANDING_KEY_TEMPLATE": "daily/{date}.csv",
-    "LANDING_KEY_PREFIX": "daily",
     "LANDING_SCHEDULE": "@daily",
     "MODEL_NAME": "conveyor",
     "MONITOR_SCHEDULE": "*/30 * * * *",
-    "CONVEYOR_MONITOR_NETWORK": "conveyor-tasks",
     "PROMETHEUS_URL": "http://prometheus:9090",
     "PUSHGATEWAY_URL": "http://pushgateway:9091",
 }

@@ -105,7 +105,7 @@ def test_monitor_runs_the_monitor_command_and_announces_drift(bag):
     check, request = dag.get_task("check_drift"), dag.get_task("request_retrain")
     assert check.image == ENV["TRAIN_IMAGE"]
     assert check.command[:3] == ["python", "-m", "pipelines.monitor"]
-    assert check.network_mode == "conveyor-tasks"
+    assert check.network_mode == "conveyor-tasks"  # the ML tasks' network: MLflow, Prometheus
     assert {k: check.environment[k] for k in ("PROMETHEUS_URL", "PUSHGATEWAY_URL")} == {
         "PROMETHEUS_URL": ENV["PROMETHEUS_URL"],
         "PUSHGATEWAY_URL": ENV["PUSHGATEWAY_URL"],
