@@ -77,9 +77,12 @@ def _wait(probe, timeout: float, what: str, interval: float = 3.0):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _runs_since(client: AirflowClient, dag_id: str, since: float) -> list[dict]:
+def _asset_runs_since(client: AirflowClient, since: float) -> list[dict]:
+    """`retrain` runs started by an asset event at or after `since` (Unix time)."""
     out = []
-    for run in client.dag_runs(dag_id, limit=50):
+    for run in client.dag_runs("retrain", limit=50):
+        if run.get("run_type") != "asset_triggered":
+            continue
         started = run.get("run_after") or run.get("queued_at") or ""
         if (
             started
@@ -152,14 +155,11 @@ def test_a_landed_batch_starts_a_retrain_run_for_its_date(retrains: Runs, client
     frame.to_csv(buf, index=False)
     _s3().put_object(Bucket=env["S3_BUCKET_LANDING"], Key=key, Body=buf.getvalue().encode())
 
-    def started():
-        return [
-            r
-            for r in _runs_since(client, "retrain", since)
-            if r.get("run_type") == "asset_triggered"
-        ]
-
-    run = _wait(started, LANDING_START_TIMEOUT, "an asset-triggered retrain run")[0]
+    run = _wait(
+        lambda: _asset_runs_since(client, since),
+        LANDING_START_TIMEOUT,
+        "an asset-triggered retrain run",
+    )[0]
     done = client.wait_run("retrain", run["dag_run_id"], timeout=RUN_TIMEOUT, poll=5)
     done["tasks"] = retrains.tasks(run["dag_run_id"])
     assert done["state"] == "success", retrains.explain(done)
@@ -197,9 +197,7 @@ def test_drift_triggers_a_retrain_only_when_the_inputs_shift(retrains: Runs, cli
     assert quiet["summary"]["verdict"] == "ok", quiet
     assert quiet["states"]["request_retrain"] == "skipped"
     time.sleep(30)
-    assert [
-        r for r in _runs_since(client, "retrain", since) if r.get("run_type") == "asset_triggered"
-    ] == []
+    assert _asset_runs_since(client, since) == []
 
     shifted = demo.generate(dt.date(2026, 4, 10), seed=32, rows=6000)
     shifted["monthly_charges"] = shifted["monthly_charges"] * 2.5
@@ -214,14 +212,11 @@ def test_drift_triggers_a_retrain_only_when_the_inputs_shift(retrains: Runs, cli
     alerts = _get(f"{_prometheus()}/api/v1/query?query=conveyor_feature_drift_psi")["data"]
     assert any(float(s["value"][1]) > summary["threshold"] for s in alerts["result"])
 
-    def started():
-        return [
-            r
-            for r in _runs_since(client, "retrain", since)
-            if r.get("run_type") == "asset_triggered"
-        ]
-
-    run = _wait(started, LANDING_START_TIMEOUT, "a drift-triggered retrain run")[0]
+    run = _wait(
+        lambda: _asset_runs_since(client, since),
+        LANDING_START_TIMEOUT,
+        "a drift-triggered retrain run",
+    )[0]
     done = client.wait_run("retrain", run["dag_run_id"], timeout=RUN_TIMEOUT, poll=5)
     trigger = retrains.xcom(run["dag_run_id"], "resolve_trigger")
     assert trigger["trigger"] == "drift" and "input drift" in trigger["reason"]

@@ -51,6 +51,14 @@ class Containers:
         docker(*cmd, image, *args)
         return name
 
+    def prometheus(self, image: str, network: str) -> tuple[str, int]:
+        """The Prometheus image on `network` (2 s intervals, `network` as the serving network),
+        its UI published on the loopback: (container name, port)."""
+        name = self.run(
+            "prometheus", image, network=network, publish="9090", env=prometheus_env(network, "2s")
+        )
+        return name, self.port(name, "9090")
+
     def port(self, name: str, private: str) -> int:
         """The loopback port Docker published for `private`."""
         out = docker("port", name, private).stdout.split()[0]
@@ -66,6 +74,21 @@ class Containers:
             if ids:
                 rm = ["rm", "-f", "-v"] if kind == "container" else ["network", "rm"]
                 docker(*rm, *ids, check=False, timeout=60)
+
+
+def prometheus_env(serving_network: str, interval: str) -> dict[str, str]:
+    """The environment the Prometheus image's scrape config needs (the service names the stack
+    gives the other monitoring containers)."""
+    return {
+        "PROMETHEUS_SCRAPE_INTERVAL": interval,
+        "ALERTMANAGER_TARGET": "alertmanager:9093",
+        "PROMETHEUS_DOCKER_HOST": "tcp://docker-sd-proxy:2375",
+        "SERVING_NETWORK": serving_network,
+        "SERVING_METRICS_PORT": "8000",
+        "MLFLOW_TARGET": "mlflow:5000",
+        "AIRFLOW_EXPORTER_TARGET": "airflow-exporter:9187",
+        "PUSHGATEWAY_TARGET": "pushgateway:9091",
+    }
 
 
 def http_json(url: str, timeout: float = 5.0):

@@ -151,23 +151,8 @@ def test_airflow_outcomes_reach_prometheus_and_fire_the_retrain_alerts(
     last = m['airflow_dag_last_success_timestamp_seconds{dag_id="retrain"}']
     assert last < m['airflow_dag_last_success_timestamp_seconds{dag_id="monitor"}'] - 2.9 * 86400
 
-    prometheus = containers.run(
-        "prometheus",
-        images["PROMETHEUS_IMAGE"],
-        network=net,
-        publish="9090",
-        env={
-            "PROMETHEUS_SCRAPE_INTERVAL": "2s",
-            "ALERTMANAGER_TARGET": "alertmanager:9093",
-            "PROMETHEUS_DOCKER_HOST": "tcp://docker-sd-proxy:2375",
-            "SERVING_NETWORK": net,
-            "SERVING_METRICS_PORT": "8000",
-            "MLFLOW_TARGET": "mlflow:5000",
-            "AIRFLOW_EXPORTER_TARGET": "airflow-exporter:9187",
-            "PUSHGATEWAY_TARGET": "pushgateway:9091",
-        },
-    )
-    alerts_url = f"http://127.0.0.1:{containers.port(prometheus, '9090')}/api/v1/alerts"
+    prometheus, prom_port = containers.prometheus(images["PROMETHEUS_IMAGE"], net)
+    alerts_url = f"http://127.0.0.1:{prom_port}/api/v1/alerts"
 
     def firing() -> set[str]:
         try:

@@ -16,20 +16,11 @@ import pytest
 import yaml
 
 from tests.docker.toolchain import docker
-from tests.monitoring.containers import monitoring_path
+from tests.monitoring.containers import monitoring_path, prometheus_env
 
 pytestmark = pytest.mark.docker
 
-SCRAPE_ENV = {
-    "ALERTMANAGER_TARGET": "alertmanager:9093",
-    "PROMETHEUS_SCRAPE_INTERVAL": "15s",
-    "PROMETHEUS_DOCKER_HOST": "tcp://docker-sd-proxy:2375",
-    "SERVING_NETWORK": "conveyor-serving",
-    "SERVING_METRICS_PORT": "8000",
-    "MLFLOW_TARGET": "mlflow:5000",
-    "AIRFLOW_EXPORTER_TARGET": "airflow-exporter:9187",
-    "PUSHGATEWAY_TARGET": "pushgateway:9091",
-}
+SCRAPE_ENV = prometheus_env("conveyor-serving", "15s")
 
 
 def _promtool(image: str, *args: str, mount: Path | None = None, check: bool = True):

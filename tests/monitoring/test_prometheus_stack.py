@@ -113,23 +113,7 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
     gateway = _serving(
         containers, "gateway", python, net, labels={"com.docker.compose.service": "gateway"}
     )
-    prometheus = containers.run(
-        "prometheus",
-        images["PROMETHEUS_IMAGE"],
-        network=net,
-        publish="9090",
-        env={
-            "ALERTMANAGER_TARGET": "alertmanager:9093",
-            "PROMETHEUS_SCRAPE_INTERVAL": "2s",
-            "PROMETHEUS_DOCKER_HOST": "tcp://docker-sd-proxy:2375",
-            "SERVING_NETWORK": net,
-            "SERVING_METRICS_PORT": "8000",
-            "MLFLOW_TARGET": "mlflow:5000",
-            "AIRFLOW_EXPORTER_TARGET": "airflow-exporter:9187",
-            "PUSHGATEWAY_TARGET": "pushgateway:9091",
-        },
-    )
-    prom_port = containers.port(prometheus, "9090")
+    prometheus, prom_port = containers.prometheus(images["PROMETHEUS_IMAGE"], net)
     am_port = containers.port(alertmanager, "9093")
 
     # 1. read-only proxy
