@@ -54,7 +54,10 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
     params["monitor"]["window"] = "1m"
     training = demo.generate(dt.date(2026, 3, 1), seed=2, rows=3000)
     v1, profile = _register(tmp_path, params, training, NAME)
-    v2, _ = _register(tmp_path, params, training, NAME)
+    import mlflow
+
+    first = mlflow.MlflowClient().get_model_version(NAME, v1)
+    v2 = str(mlflow.register_model(first.source, NAME).version)  # same files
 
     traffic_port, push_port, prom_port = _free_port(), _free_port(), _free_port()
     registry = CollectorRegistry()
