@@ -211,6 +211,7 @@ def plot_history(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per feature up to 20
     for feature in features:
         history = sorted(
             client.get_metric_history(run_id, metric_key(feature)), key=lambda m: m.step
