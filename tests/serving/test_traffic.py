@@ -69,7 +69,9 @@ def test_counts_equal_the_training_side_binning(profile):
     agg, _ = _aggregator(profile)
     agg.observe(records[:1])  # one-record path
     agg.observe(records[1:400])  # batch path
-    agg.observe(iter(records[400:]))
+    agg.observe(iter(records[400:450]))
+    for i in range(450, len(records), 5):  # small batches: value by value
+        agg.observe(records[i : i + 5])
     agg.observe([])
     snap = agg.snapshot()
     assert snap["records"] == len(records)
