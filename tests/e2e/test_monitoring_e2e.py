@@ -117,6 +117,11 @@ def _records(frame) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def retrains() -> Runs:
+    if not _env().get("PROMETHEUS_PORT"):
+        pytest.fail(
+            "the stack has no monitoring settings (PROMETHEUS_PORT is not in .env): "
+            "merge airflow/compose.monitoring.yaml and the issue-14 wiring first"
+        )
     client = AirflowClient.from_env()
     for dag_id in ("retrain", "landing", "monitor"):
         client.wait_dag(dag_id, timeout=180)
