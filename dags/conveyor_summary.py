@@ -7,10 +7,11 @@ kept, the link to the MLflow run. `set_run_note(...)` writes it through Airflow'
 `summarize_task()` is the task the DAG ends with (trigger rule all_done: a failed or quarantined
 run gets its note too).
 
-Environment (of the Airflow worker, i.e. the scheduler under LocalExecutor):
-  CONVEYOR_AIRFLOW_API_URL   the api-server as the worker reaches it, e.g. http://airflow-api-server:8080
-  CONVEYOR_NOTES_USER / CONVEYOR_NOTES_PASSWORD   an Airflow user allowed to edit DAG runs
-  MLFLOW_UI_URL              MLflow as a person opens it, e.g. http://127.0.0.1:5000
+Environment (of the dag-processor and the scheduler, which runs the tasks under LocalExecutor):
+  CONVEYOR_AIRFLOW_API_URL  the api-server as the worker reaches it (http://airflow-api-server:8080)
+  CONVEYOR_NOTES_USER       an Airflow user allowed to edit DAG runs (SimpleAuthManager role user)
+  CONVEYOR_NOTES_PASSWORD   its password (read when the task runs)
+  MLFLOW_UI_URL             MLflow as a person opens it, e.g. http://127.0.0.1:5000
 """
 
 from __future__ import annotations
@@ -98,8 +99,15 @@ def summarize_task(
     deploy_task: str = "deploy",
     trigger_task: str = "resolve_trigger",
 ):
-    """The last task of `retrain`: builds the note from the XComs and writes it."""
+    """The last task of `retrain`: builds the note from the XComs and writes it. The addresses
+    are read when the DAG file is parsed (a missing one is an import error naming it); the
+    password when the task runs (it never enters the serialized DAG)."""
+    import httpx
     from airflow.sdk import get_current_context, task
+    from conveyor_assets import required_env
+
+    api_url, user = required_env("CONVEYOR_AIRFLOW_API_URL"), required_env("CONVEYOR_NOTES_USER")
+    mlflow_ui = required_env("MLFLOW_UI_URL")
 
     @task(
         task_id="summarize",
@@ -126,17 +134,16 @@ def summarize_task(
             registration=ti.xcom_pull(task_ids=register_task),
             deploy=ti.xcom_pull(task_ids=deploy_task),
             states=states,
-            mlflow_ui=os.environ["MLFLOW_UI_URL"],
+            mlflow_ui=mlflow_ui,
         )
         print(note)
-        set_run_note(
-            os.environ["CONVEYOR_AIRFLOW_API_URL"],
-            os.environ["CONVEYOR_NOTES_USER"],
-            os.environ["CONVEYOR_NOTES_PASSWORD"],
-            ti.dag_id,
-            dag_run.run_id,
-            note,
-        )
+        # The note is a view of the run, not part of it: failing to write it (API down, password
+        # missing) is logged and leaves the run's outcome alone.
+        try:
+            password = os.environ["CONVEYOR_NOTES_PASSWORD"]
+            set_run_note(api_url, user, password, ti.dag_id, dag_run.run_id, note)
+        except (KeyError, OSError, httpx.HTTPError) as exc:
+            print(f"summarize: the run note was not written: {type(exc).__name__}: {exc}")
         return note
 
     return summarize()

@@ -54,12 +54,12 @@ with DAG(
         context = get_current_context()
         version = str(summary["drift_version"])
         drift, landing = drift_asset(), landing_asset()
-        earlier = list(context["inlet_events"][drift])[-RECENT_EVENTS:]
+        earlier = context["inlet_events"][drift].ascending(False).limit(RECENT_EVENTS)
         if any(str((e.extra or {}).get("model_version")) == version for e in earlier):
             raise AirflowSkipException(
                 f"v{version} already asked for a retrain: {summary['reason']}"
             )
-        landed = list(context["inlet_events"][landing])[-1:]
+        landed = list(context["inlet_events"][landing].ascending(False).limit(1))
         date = (landed[0].extra or {}).get("date") if landed else None
         result = next(r for r in summary["versions"] if r["model_version"] == version)
         extra = {

@@ -13,6 +13,9 @@ STACK_ENV = {
     "MONITOR_SCHEDULE": "*/30 * * * *",
     "PROMETHEUS_URL": "http://prometheus:9090",
     "PUSHGATEWAY_URL": "http://pushgateway:9091",
+    "CONVEYOR_AIRFLOW_API_URL": "http://airflow-api-server:8080",
+    "CONVEYOR_NOTES_USER": "conveyor-notes",
+    "MLFLOW_UI_URL": "http://127.0.0.1:5000",
 }
 
 
