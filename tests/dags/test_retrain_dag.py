@@ -95,7 +95,7 @@ def dag(bag):
 
 def test_dagbag_has_no_import_errors_and_only_the_retrain_dag(bag):
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["retrain"]
+    assert sorted(bag.dags) == ["landing", "monitor", "retrain"]  # data-aware DAGs: issue 14
 
 
 @pytest.mark.parametrize("missing", ["CONVEYOR_TASK_NETWORK", "DOCKER_HOST", "TRAIN_IMAGE"])

@@ -1,0 +1,76 @@
+"""Input drift of the served model, checked on a clock; above the threshold it asks for a retrain.
+
+`check_drift` runs `python -m pipelines.monitor` in the training image: PSI per feature between
+the served traffic of the last `monitor.window` (counted by the serving containers, summed by
+Prometheus) and each served model version's reference profile, recorded in MLflow and pushed to
+Prometheus (see pipelines/monitor.py). `request_retrain` emits an event on the drift asset
+(dags/conveyor_assets.py) when the verdict is drift, at most once per model version (a version
+whose retrain kept it in service is not asked again); `retrain` is scheduled on that asset and
+shows the event's reason in its run note.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, CronTriggerTimetable, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from conveyor_assets import drift_asset, landing_asset, required_env
+from conveyor_operator import WORKSPACE, ConveyorDockerOperator
+
+SCHEDULE = required_env("MONITOR_SCHEDULE")  # e.g. */30 * * * *
+RECENT_EVENTS = 50  # drift events looked at to avoid asking twice for one version
+
+with DAG(
+    dag_id="monitor",
+    description="PSI of served inputs vs the training data's profile; drift asks for a retrain",
+    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["conveyor", "ml", "monitoring"],
+) as dag:
+    check = ConveyorDockerOperator(
+        task_id="check_drift",
+        command=["python", "-m", "pipelines.monitor", "--params", f"{WORKSPACE}/params.yaml"],
+        extra_env={
+            "PROMETHEUS_URL": required_env("PROMETHEUS_URL"),
+            "PUSHGATEWAY_URL": required_env("PUSHGATEWAY_URL"),
+        },
+        json_xcom=True,
+        retries=0,  # the next check comes soon; a retry would only repeat a stale window
+        doc_md="PSI per feature of each served model version; XCom: verdict, reason, PSI.",
+    )
+
+    @task(
+        inlets=[landing_asset(), drift_asset()],
+        outlets=[drift_asset()],
+        doc_md="Drift: emit the drift event (`extra`: date, model, version, PSI, reason). "
+        "Skipped when there is no drift or this version already asked.",
+    )
+    def request_retrain(summary: dict) -> dict:
+        if summary.get("verdict") != "drift":
+            raise AirflowSkipException(f"no drift: {summary.get('reason')}")
+        context = get_current_context()
+        version = str(summary["drift_version"])
+        drift, landing = drift_asset(), landing_asset()
+        earlier = context["inlet_events"][drift].ascending(False).limit(RECENT_EVENTS)
+        if any(str((e.extra or {}).get("model_version")) == version for e in earlier):
+            raise AirflowSkipException(
+                f"v{version} already asked for a retrain: {summary['reason']}"
+            )
+        landed = list(context["inlet_events"][landing].ascending(False).limit(1))
+        date = (landed[0].extra or {}).get("date") if landed else None
+        result = next(r for r in summary["versions"] if r["model_version"] == version)
+        extra = {
+            "date": date or context["ds"],
+            "model_name": summary["model_name"],
+            "model_version": version,
+            "psi": result["psi"],
+            "threshold": summary["threshold"],
+            "reason": summary["reason"],
+        }
+        context["outlet_events"][drift].extra = extra
+        return extra
+
+    request_retrain(check.output)
