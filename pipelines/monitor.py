@@ -34,13 +34,16 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines import tracking
-from pipelines.common import PipelineError, model_name, run_cli, section
-from pipelines.profile import PROFILE_FILE, DriftParams, drift, load_profile, metric_key
+from pipelines.common import PipelineError, run_cli
+from pipelines.profile import PROFILE_FILE, drift, load_profile, metric_key
+
+if TYPE_CHECKING:
+    from pipelines.config import MonitorParams, Params
 
 DRIFT_DIR = Path("reports/drift")
 PUSH_JOB = "conveyor_monitor"
@@ -271,7 +274,7 @@ def push(
 
 
 # ----------------------------------------------------------------------------- stage
-def _reason(name: str, result: dict[str, Any], cfg: DriftParams) -> str:
+def _reason(name: str, result: dict[str, Any], cfg: MonitorParams) -> str:
     over = sorted(((v, f) for f, v in result["psi"].items() if v > cfg.psi_threshold), reverse=True)
     listed = ", ".join(f"{f} {v:.3f}" for v, f in over[:5])
     return (
@@ -280,13 +283,13 @@ def _reason(name: str, result: dict[str, Any], cfg: DriftParams) -> str:
     )
 
 
-def monitor(params: dict[str, Any], root: Path) -> dict[str, Any]:
+def monitor(params: Params, root: Path) -> dict[str, Any]:
     import mlflow
 
-    cfg = DriftParams.from_params(params)
+    cfg = params.monitor
     settings = MonitorSettings()
     source = settings.source()
-    name = model_name(params)
+    name = params.model_name()
     checked = time.time()
     groups = (
         traffic_from_prometheus(source, cfg.window)
@@ -294,8 +297,7 @@ def monitor(params: dict[str, Any], root: Path) -> dict[str, Any]:
         else traffic_from_file(Path(source))
     )
 
-    experiment = f"{section(params, 'train').get('experiment') or 'conveyor'}-drift"
-    experiment_id = tracking.configure(root, experiment)
+    experiment_id = tracking.configure(root, f"{params.train.experiment}-drift")
     client = mlflow.MlflowClient()
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -24,46 +24,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.common import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.config import MonitorParams, Params
 
 FORMAT = 1
 PROFILE_FILE = "reference_profile.json"
 NULL_BIN = "null"
 OTHER_BIN = "other"
 CATEGORY_PREFIX = "c:"
-
-
-class DriftParams(BaseModel):
-    """`monitor` in params.yaml: the profile's resolution and the drift verdict."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    bins: int = Field(ge=2, le=100, description="quantile bins per numeric feature")
-    max_categories: int = Field(ge=1, le=1000, description="categories kept per feature")
-    psi_threshold: float = Field(gt=0, description="PSI above this on any feature is drift")
-    min_samples: int = Field(ge=1, description="fewer served records in the window: no verdict")
-    window: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", description="traffic window, e.g. 1h")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DriftParams:
-        """Validate `monitor` once; a bad value is one line naming the key."""
-        raw = params.get("monitor")
-        if not isinstance(raw, Mapping):
-            raise PipelineError("params: section 'monitor' is missing")
-        try:
-            return cls(**raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise PipelineError(f"params: monitor.{key}: {first['msg']}") from None
 
 
 # ----------------------------------------------------------------------------- building
@@ -123,9 +101,9 @@ def profile_id(features: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def build_profile(
-    frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str], cfg: DriftParams
+    frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str], cfg: MonitorParams
 ) -> dict[str, Any]:
-    """The reference profile of the training features in `frame`."""
+    """The reference profile of the features `numeric` and `categorical` of `frame`."""
     missing = [c for c in [*numeric, *categorical] if c not in frame]
     if missing:
         raise PipelineError(f"profile: feature column(s) missing: {', '.join(missing)}")
@@ -146,6 +124,22 @@ def save_profile(profile: Mapping[str, Any], directory: Path) -> Path:
     path = Path(directory) / PROFILE_FILE
     path.write_text(json.dumps(profile, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def training_profile(features: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """What train stores beside the model: the schema's features at `monitor`'s resolution."""
+    schema = params.schema
+    return build_profile(
+        features, schema.numeric_features, schema.categorical_features, params.monitor
+    )
+
+
+def log_profile(profile: Mapping[str, Any], model_id: str) -> None:
+    """The profile among a logged model's files (the monitor reads it from the registry)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.MlflowClient().log_model_artifact(model_id, str(save_profile(profile, Path(tmp))))
 
 
 def load_profile(path: Path) -> dict[str, Any]:

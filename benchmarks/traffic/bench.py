@@ -26,18 +26,18 @@ SIZES = (1, 10, 100, 1000)
 
 CHILD = r"""
 import datetime as dt, json, statistics, sys, time
-import yaml
 from prometheus_client import CollectorRegistry, Counter
 sys.path.insert(0, sys.argv[1])
 from pipelines import demo
-from pipelines.profile import DriftParams, bin_counts, build_profile
+from pipelines.config import load_params
+from pipelines.profile import bin_counts, build_profile
 from serving.traffic import TrafficAggregator
 
-params = yaml.safe_load(open(f"{sys.argv[1]}/params.yaml"))
-numeric = params["schema"]["numeric_features"]
-categorical = params["schema"]["categorical_features"]
+params = load_params(f"{sys.argv[1]}/params.yaml")
+numeric = params.schema.numeric_features
+categorical = params.schema.categorical_features
 frame = demo.generate(dt.date(2026, 3, 1), seed=1, rows=4000)
-profile = build_profile(frame, numeric, categorical, DriftParams.from_params(params))
+profile = build_profile(frame, numeric, categorical, params.monitor)
 records = json.loads(frame[numeric + categorical].to_json(orient="records"))
 agg = TrafficAggregator(profile, "1", CollectorRegistry())
 naive_counter = Counter("naive_values_total", "", ["feature", "bin"], registry=CollectorRegistry())

@@ -22,7 +22,8 @@ from pipelines import demo, monitor
 from serving.traffic import TrafficAggregator
 from tests.docker.toolchain import wait_until
 from tests.monitoring.containers import http_json
-from tests.pipelines.test_monitor import NAME, REPO, _register
+from tests.pipelines.conftest import edit, repo_params
+from tests.pipelines.test_monitor import NAME, train_and_register
 
 pytestmark = pytest.mark.docker
 
@@ -40,21 +41,18 @@ def _records(profile, frame):
 def test_drifting_traffic_fires_input_drift_for_that_version(
     images, containers, tmp_path, monkeypatch
 ):
-    import copy
+    import mlflow
 
     for name in (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_REGISTRY_URI",
         "MODEL_NAME",
         "MONITOR_TRAFFIC_FILE",
+        "CONVEYOR_IMAGE",
     ):
         monkeypatch.delenv(name, raising=False)
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["register"]["model_name"] = NAME
-    params["monitor"]["window"] = "1m"
-    training = demo.generate(dt.date(2026, 3, 1), seed=2, rows=3000)
-    v1, profile = _register(tmp_path, params, training, NAME)
-    import mlflow
+    params = edit(repo_params(rows=3000), {"register.model_name": NAME, "monitor.window": "1m"})
+    v1, profile = train_and_register(tmp_path, params)
 
     first = mlflow.MlflowClient().get_model_version(NAME, v1)
     v2 = str(mlflow.register_model(first.source, NAME).version)  # same files
@@ -137,9 +135,10 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
         verdicts = {r["model_version"]: r for r in summary["versions"]}
         assert set(verdicts) == {v1, v2}, summary
         assert verdicts[v1]["verdict"] == "ok" and verdicts[v2]["verdict"] == "drift", summary
-        assert {
-            f for f, v in verdicts[v2]["psi"].items() if v > params["monitor"]["psi_threshold"]
-        } >= {"monthly_charges", "region"}
+        assert {f for f, v in verdicts[v2]["psi"].items() if v > params.monitor.psi_threshold} >= {
+            "monthly_charges",
+            "region",
+        }
         assert verdicts[v1]["samples"] >= 1500 * 0.95  # increase() extrapolates a little
         assert summary["verdict"] == "drift" and summary["drift_version"] == v2
 

@@ -18,13 +18,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from pipelines import demo, monitor, tracking
-from pipelines.profile import DriftParams, build_profile, save_profile
-from pipelines.train import build_pipeline
+from pipelines.common import MODEL_DIR
+from pipelines.config import Params
+from pipelines.ingest import ingest
+from pipelines.profile import PROFILE_FILE, load_profile
+from pipelines.register import register
+from pipelines.train import train
+from pipelines.validate import validate
 from serving.traffic import TrafficAggregator
+from tests.pipelines.conftest import edit, repo_params, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -32,40 +37,31 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "drift-test"
 
 
-def _features(params):
-    schema = params["schema"]
-    return schema["numeric_features"], schema["categorical_features"]
+def train_and_register(root: Path, params: Params) -> tuple[str, dict]:
+    """What a retrain run leaves: the real ingest, validate, train and register stages on a demo
+    day; the reference profile is the one train stored beside the model."""
+    write_params(root / "params.yaml", params)
+    ingest(params, root)
+    validate(params, root)
+    train(params, root)
+    version = str(register(params, root)["version"])
+    return version, load_profile(root / MODEL_DIR / PROFILE_FILE)
 
 
-def _register(
-    root: Path, params: dict, frame, name: str, with_profile: bool = True
-) -> tuple[str, dict]:
-    """What `train` + `register` leave: a registered version, the profile beside its files."""
+def register_without_profile(root: Path, name: str) -> str:
+    """A version of a model logged before reference profiles existed."""
     import mlflow
+    from sklearn.dummy import DummyClassifier
 
-    numeric, categorical = _features(params)
-    X, y = frame[numeric + categorical], frame[params["schema"]["target"]]
-    pipeline = build_pipeline(params).fit(X, y)
-    profile = build_profile(X, numeric, categorical, DriftParams.from_params(params))
-    tracking.configure(root, "drift-test-train")
+    tracking.configure(root, "drift-test-old")
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            input_example=X.head(2),
-            skops_trusted_types=tracking.SKOPS_TRUSTED_TYPES,
-            pip_requirements=tracking.pip_requirements(),
-        )
-    if with_profile:
-        mlflow.MlflowClient().log_model_artifact(info.model_id, str(save_profile(profile, root)))
-    version = mlflow.register_model(info.model_uri, name).version
-    return str(version), profile
+        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model")
+    return str(mlflow.register_model(info.model_uri, name).version)
 
 
 def _snapshot(root: Path, profile: dict, version: str, frame, name="traffic.json") -> Path:
-    numeric, categorical = list(profile["features"])[:7], list(profile["features"])[7:]
     agg = TrafficAggregator(profile, version, CollectorRegistry())
-    agg.observe(json.loads(frame[numeric + categorical].to_json(orient="records")))
+    agg.observe(json.loads(frame[list(profile["features"])].to_json(orient="records")))
     path = root / name
     path.write_text(json.dumps(agg.snapshot()))
     return path
@@ -74,20 +70,31 @@ def _snapshot(root: Path, profile: dict, version: str, frame, name="traffic.json
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One workspace and MLflow store for the module (creating a SQLite store costs seconds):
-    version 1 of NAME with its profile, version 1 of NAME-old without one."""
-    import copy
-
+    version 1 of NAME trained by the train stage, version 1 of NAME-old without a profile."""
     root = tmp_path_factory.mktemp("monitor")
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["register"]["model_name"] = NAME
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    params = edit(repo_params(rows=3000), {"register.model_name": NAME})
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MODEL_NAME"):
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MODEL_NAME", "CONVEYOR_IMAGE"):
             mp.delenv(name, raising=False)
-        frame = demo.generate(dt.date(2026, 3, 1), seed=2, rows=3000)
-        version, profile = _register(root, params, frame, NAME)
-        _register(root, params, frame, f"{NAME}-old", with_profile=False)
+        try:
+            version, profile = train_and_register(root, params)
+            register_without_profile(root, f"{NAME}-old")
+        finally:
+            import mlflow
+
+            mlflow.set_tracking_uri(None)
         yield root, params, version, profile
+
+
+def test_train_stores_the_profile_beside_the_model_and_in_the_registry(store, ml_env):
+    import mlflow
+
+    ml_root, params, version, profile = store
+    assert set(profile["features"]) == set(params.schema.features)
+    assert profile["rows"] > 0
+    tracking.configure(ml_root)
+    found = monitor.reference_profile(mlflow.MlflowClient(), NAME, version)
+    assert found == profile
 
 
 def _run(root, params, monkeypatch, traffic: Path) -> dict:
@@ -115,7 +122,7 @@ def test_in_distribution_then_shifted_traffic(store, ml_env, monkeypatch):
     [result] = summary["versions"]
     assert result["model_version"] == version and result["samples"] == 1500
     assert set(result["psi"]) == set(profile["features"])
-    assert max(result["psi"].values()) < params["monitor"]["psi_threshold"]
+    assert max(result["psi"].values()) < params.monitor.psi_threshold
     client = mlflow.MlflowClient()
     tags = client.get_model_version(NAME, version).tags
     assert tags["drift.verdict"] == "ok" and tags["drift.mlflow_run_id"] == result["mlflow_run_id"]
@@ -195,8 +202,7 @@ def test_mistakes_exit_2_with_one_line(store, ml_env, tmp_path, monkeypatch, cap
         snap["profile"] = "0123456789ab"
         snapshot.write_text(json.dumps(snap))
     elif case == "no_profile":  # the same store, the model registered without a profile
-        other = {**params, "register": {**params["register"], "model_name": f"{NAME}-old"}}
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(other))
+        write_params(tmp_path / "params.yaml", edit(params, {"register.model_name": f"{NAME}-old"}))
         env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(ml_root)
         root = tmp_path
     elif case == "bad_file":

@@ -22,20 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pipelines import demo
-from pipelines.profile import DriftParams, bin_counts, build_profile, drift, save_profile
+from pipelines.config import load_params
+from pipelines.profile import bin_counts, build_profile, drift, save_profile
 from serving.traffic import TrafficAggregator
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-SCHEMA = PARAMS["schema"]
-NUMERIC, CATEGORICAL = SCHEMA["numeric_features"], SCHEMA["categorical_features"]
-CFG = DriftParams.from_params(PARAMS)
+PARAMS = load_params(REPO / "params.yaml")
+NUMERIC, CATEGORICAL = PARAMS.schema.numeric_features, PARAMS.schema.categorical_features
+CFG = PARAMS.monitor
 
 
 def _records(frame) -> list[dict]:
