@@ -11,7 +11,8 @@
 3. Recorded in MLflow: one run per model version in the experiment `<train.experiment>-drift`
    (metrics `psi/<feature>`, `psi_max`, `samples`, one step per check: the drift history of that
    version), tags `drift.*` on the registered model version, and a plot of PSI per feature over
-   time (reports/drift/<model>-v<version>.png, also the run's `drift_over_time.png`).
+   time (<model>-v<version>.png in MONITOR_PLOT_DIR, else reports/drift/; also an artifact of
+   that run).
 4. Published to Prometheus through the Pushgateway (PUSHGATEWAY_URL, optional):
    conveyor_feature_drift_psi{model_version, feature}, conveyor_drift_psi_threshold,
    conveyor_drift_samples{model_version}, conveyor_drift_check_timestamp_seconds.
@@ -58,6 +59,9 @@ class MonitorSettings(BaseSettings):
     prometheus_url: str | None = None  # PROMETHEUS_URL, e.g. http://prometheus:9090
     monitor_traffic_file: Path | None = None  # MONITOR_TRAFFIC_FILE: one snapshot instead
     pushgateway_url: str | None = None  # PUSHGATEWAY_URL, e.g. http://pushgateway:9091
+    # MONITOR_PLOT_DIR: where the PNGs go; unset: reports/drift beside the params file (the DAG
+    # reads the image's params.yaml and writes the plots to the workspace volume)
+    monitor_plot_dir: Path | None = None
 
     def source(self) -> str:
         if bool(self.prometheus_url) == bool(self.monitor_traffic_file):
@@ -291,6 +295,7 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
     source = settings.source()
     name = params.model_name()
     checked = time.time()
+    plot_dir = settings.monitor_plot_dir or root / DRIFT_DIR
     groups = (
         traffic_from_prometheus(source, cfg.window)
         if settings.prometheus_url
@@ -324,7 +329,7 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
             sorted(scores),
             cfg.psi_threshold,
             f"Input drift of {name} v{group.model_version}",
-            root / DRIFT_DIR / f"{name}-v{group.model_version}.png",
+            plot_dir / f"{name}-v{group.model_version}.png",
         )
         client.log_artifact(run_id, str(plot))
         worst = max(scores, key=scores.get)
@@ -337,7 +342,7 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
                 "max_feature": worst,
                 "max_psi": scores[worst],
                 "mlflow_run_id": run_id,
-                "plot": str(plot.relative_to(root)),
+                "plot": str(plot),
             }
         )
     if settings.pushgateway_url:

@@ -129,7 +129,8 @@ def test_in_distribution_then_shifted_traffic(store, ml_env, monkeypatch):
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["conveyor.drift.model_version"] == version
     assert set(run.data.metrics) >= {"psi/age", "psi/region", "psi_max", "samples"}
-    plot = ml_root / result["plot"]
+    plot = Path(result["plot"])
+    assert plot.parent == ml_root / "reports" / "drift"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     shifted = demo.generate(dt.date(2026, 3, 21), seed=10, rows=1500)
