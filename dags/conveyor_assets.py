@@ -27,25 +27,18 @@ an event's `extra` (what the emitting DAGs write):
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import Asset
+from conveyor_operator import setting
 
 LANDING_ASSET = "conveyor-landing-batch"
 DRIFT_ASSET = "conveyor-input-drift"
 
 
-def required_env(name: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        raise RuntimeError(f"{name} is not set in the Airflow containers' environment")
-    return value
-
-
 def landing_asset() -> Asset:
-    bucket, template = required_env("S3_BUCKET_LANDING"), required_env("LANDING_KEY_TEMPLATE")
+    bucket, template = setting("S3_BUCKET_LANDING"), setting("LANDING_KEY_TEMPLATE")
     if "{date}" not in template:
         raise RuntimeError(f"LANDING_KEY_TEMPLATE {template!r} has no {{date}} placeholder")
     folder = template.split("{date}", 1)[0].rpartition("/")[0]
@@ -53,18 +46,27 @@ def landing_asset() -> Asset:
 
 
 def drift_asset() -> Asset:
-    return Asset(name=DRIFT_ASSET, uri=f"conveyor://drift/{required_env('MODEL_NAME')}")
+    return Asset(name=DRIFT_ASSET, uri=f"conveyor://drift/{setting('MODEL_NAME')}")
+
+
+def clock(cron: str):
+    """A schedule setting (cron expression or preset such as @daily) as a UTC timetable; `none`
+    or `manual`: None (runs only when started by hand or by an asset event)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    if cron.strip().lower() in ("none", "manual"):
+        return None
+    return CronTriggerTimetable(cron, timezone="UTC")
 
 
 def retrain_schedule(cron: str):
-    """The retrain DAG's `schedule`: cron OR a landing OR a drift event (assets only when the
-    cron is empty / `none` / `manual`)."""
-    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+    """The retrain DAG's `schedule`: cron OR a landing OR a drift event (the assets alone when
+    the cron is `none`)."""
+    from airflow.sdk import AssetOrTimeSchedule
 
     assets = landing_asset() | drift_asset()
-    if cron.strip().lower() in ("", "none", "manual"):
-        return assets
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=assets)
+    timetable = clock(cron)
+    return assets if timetable is None else AssetOrTimeSchedule(timetable=timetable, assets=assets)
 
 
 # ----------------------------------------------------------------------------- the run's trigger

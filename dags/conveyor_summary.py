@@ -55,13 +55,21 @@ def run_summary(
         )
         if r.get("run_id"):
             lines.append(f"MLflow run: {mlflow_ui.rstrip('/')}/#/runs/{r['run_id']}")
+    # release/deploy.py's summary: the target and what it changed (a compose container, a
+    # swarm service or a kubernetes deployment).
+    where = deploy and (
+        deploy.get("container") or deploy.get("service") or deploy.get("deployment") or "?"
+    )
     if deploy and deploy.get("changed"):
+        replaced = f" (replaced {deploy['previous']})" if deploy.get("previous") else ""
         lines.append(
-            f"Serving: **deployed** v{deploy.get('model_version')} in "
-            f"{deploy.get('container')} (replaced {deploy.get('previous') or 'nothing'})"
+            f"Serving: **deployed** v{deploy.get('model_version')} to "
+            f"{deploy.get('target', 'compose')} {where}{replaced}"
         )
     elif deploy:
-        lines.append(f"Serving: v{deploy.get('model_version')} was already live: unchanged")
+        lines.append(
+            f"Serving: v{deploy.get('model_version')} was already live in {where}: unchanged"
+        )
     elif states.get("keep_current_model") == "success":
         lines.append("Serving: **kept** the current model (not promoted)")
     if failed:
@@ -104,10 +112,10 @@ def summarize_task(
     password when the task runs (it never enters the serialized DAG)."""
     import httpx
     from airflow.sdk import get_current_context, task
-    from conveyor_assets import required_env
+    from conveyor_operator import setting
 
-    api_url, user = required_env("CONVEYOR_AIRFLOW_API_URL"), required_env("CONVEYOR_NOTES_USER")
-    mlflow_ui = required_env("MLFLOW_UI_URL")
+    api_url, user = setting("CONVEYOR_AIRFLOW_API_URL"), setting("CONVEYOR_NOTES_USER")
+    mlflow_ui = setting("MLFLOW_UI_URL")
 
     @task(
         task_id="summarize",

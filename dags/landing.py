@@ -19,20 +19,19 @@ import datetime as dt
 
 import pendulum
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
-from conveyor_assets import landing_asset, required_env
+from airflow.sdk import DAG, Param, get_current_context, task
+from conveyor_assets import clock, landing_asset
+from conveyor_operator import setting
 
-BUCKET = required_env("S3_BUCKET_LANDING")
-KEY_TEMPLATE = required_env("LANDING_KEY_TEMPLATE")  # e.g. daily/{date}.csv
-SCHEDULE = required_env("LANDING_SCHEDULE")  # cron or preset; `none`: by hand only
+BUCKET = setting("S3_BUCKET_LANDING")
+KEY_TEMPLATE = setting("LANDING_KEY_TEMPLATE")  # e.g. daily/{date}.csv
+SCHEDULE = setting("LANDING_SCHEDULE")  # cron or preset; `none`: by hand only
 DATE = "{{ params.date or ds }}"
 
 with DAG(
     dag_id="landing",
     description="Wait (deferred) for a date's batch in the landing bucket, then ask for a retrain",
-    schedule=None
-    if SCHEDULE.lower() in ("", "none", "manual")
-    else CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    schedule=clock(SCHEDULE),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=7,  # a week of dates may wait at once

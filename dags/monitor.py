@@ -12,18 +12,19 @@ shows the event's reason in its run note.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, get_current_context, task
+from airflow.sdk import DAG, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-from conveyor_assets import drift_asset, landing_asset, required_env
-from conveyor_operator import WORKSPACE, ConveyorDockerOperator
+from conveyor_assets import clock, drift_asset, landing_asset
+from conveyor_operator import WORKSPACE, ConveyorDockerOperator, setting
 
-SCHEDULE = required_env("MONITOR_SCHEDULE")  # e.g. */30 * * * *
+SCHEDULE = setting("MONITOR_SCHEDULE")  # e.g. */30 * * * *; `none`: by hand only
+IMAGE_PARAMS = "/app/params.yaml"
 RECENT_EVENTS = 50  # drift events looked at to avoid asking twice for one version
 
 with DAG(
     dag_id="monitor",
     description="PSI of served inputs vs the training data's profile; drift asks for a retrain",
-    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    schedule=clock(SCHEDULE),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -32,10 +33,13 @@ with DAG(
 ) as dag:
     check = ConveyorDockerOperator(
         task_id="check_drift",
-        command=["python", "-m", "pipelines.monitor", "--params", f"{WORKSPACE}/params.yaml"],
+        # The image's params.yaml (what every retrain run starts from), not the workspace's: that
+        # one exists only after a first retrain and is rewritten by each retrain task.
+        command=["python", "-m", "pipelines.monitor", "--params", IMAGE_PARAMS],
         extra_env={
-            "PROMETHEUS_URL": required_env("PROMETHEUS_URL"),
-            "PUSHGATEWAY_URL": required_env("PUSHGATEWAY_URL"),
+            "PROMETHEUS_URL": setting("PROMETHEUS_URL"),
+            "PUSHGATEWAY_URL": setting("PUSHGATEWAY_URL"),
+            "MONITOR_PLOT_DIR": f"{WORKSPACE}/reports/drift",
         },
         json_xcom=True,
         retries=0,  # the next check comes soon; a retry would only repeat a stale window

@@ -40,17 +40,16 @@ from airflow.dag_processing.dagbag import BundleDagBag  # noqa: E402
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 sys.path.insert(0, str(DAGS))
 
-from conveyor_assets import (  # noqa: E402
-    DRIFT_ASSET,
-    LANDING_ASSET,
-    resolve,
-    retrain_schedule,
-)
-from conveyor_summary import run_summary  # noqa: E402
-
 from tests.dags.conftest import STACK_ENV  # noqa: E402
 
-ENV = {**STACK_ENV, "TRAIN_IMAGE": "conveyor/train:0123456789ab"}
+# The DAG helpers read the stack's settings when imported (conveyor_operator), as in Airflow.
+with pytest.MonkeyPatch.context() as _env:
+    for _key, _value in STACK_ENV.items():
+        _env.setenv(_key, _value)
+    from conveyor_assets import DRIFT_ASSET, LANDING_ASSET, resolve, retrain_schedule
+    from conveyor_summary import run_summary
+
+ENV = STACK_ENV
 
 
 def _bag(monkeypatch, tmp_path, **env):
@@ -265,7 +264,9 @@ def test_the_note_of_a_deployed_run():
         date="2026-03-02",
         trigger=TRIGGER,
         registration=REGISTRATION,
-        deploy={
+        deploy={  # release/targets/compose.py's summary
+            "target": "compose",
+            "image": "conveyor/serving-model:conveyor-v7",
             "changed": True,
             "model_version": "7",
             "container": "conveyor-serving-v7",
@@ -277,7 +278,21 @@ def test_the_note_of_a_deployed_run():
     assert note.startswith("**retrain 2026-03-02** (landing): batch landed")
     assert "v7**, gate **promoted**: roc_auc 0.8123 vs champion 0.8011" in note
     assert "http://127.0.0.1:5000/#/runs/abc123" in note
-    assert "**deployed** v7 in conveyor-serving-v7 (replaced conveyor-serving-v6)" in note
+    assert "**deployed** v7 to compose conveyor-serving-v7 (replaced conveyor-serving-v6)" in note
+    swarm = run_summary(
+        date="2026-03-02",
+        trigger=TRIGGER,
+        registration=REGISTRATION,
+        deploy={
+            "target": "swarm",
+            "service": "conveyor_serving",
+            "model_version": "7",
+            "changed": False,
+        },  # fmt: skip
+        states={"deploy": "success"},
+        mlflow_ui="http://m",
+    )
+    assert "v7 was already live in conveyor_serving: unchanged" in swarm
 
 
 def test_the_note_of_a_kept_a_quarantined_and_a_failed_run():
