@@ -1,6 +1,7 @@
 -- The read-only role the Airflow exporter connects as (monitoring/airflow-queries.yaml reads
 -- exactly these tables). Run in Airflow's database after `airflow db migrate` (the tables must
--- exist), as their owner; :'password' is a psql variable (psql -v password=...).
+-- exist), as the superuser (service airflow-metrics-role, on every `up`: idempotent);
+-- :'password' is a psql variable (psql -v password=...).
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'airflow_metrics') THEN
     CREATE ROLE airflow_metrics LOGIN;
