@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV        := .venv
 BIN         := $(VENV)/bin
-UV_GROUPS   := --group dev --group pipelines --group serving --group release
+UV_GROUPS   := --group dev --group pipelines --group serving --group serving-sklearn --group release
 # uv lives in .build/tools (scripts/ensure-uv.sh installs it there); PATH is never relied on.
 UV          := $(CURDIR)/.build/tools/bin/uv
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -76,7 +76,7 @@ ps: ## the stack's services and their health
 retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait for its end
 	@$(BIN)/python scripts/airflow_api.py trigger retrain $(if $(DATE),--date $(DATE)) --conf '$(or $(CONF),{})' --wait $(or $(WAIT),3600)
 
-bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on the demo model (needs wrk)
+bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on every model family (needs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	python benchmarks/serving/bench.py
 

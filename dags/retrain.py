@@ -211,7 +211,11 @@ with DAG(
         ],
         network=serving_network,
         mounts=[workspace_mount(), project_mount(MODEL_DOCKERFILE)],
-        extra_env={**docker_api, "SERVING_IMAGE": setting("SERVING_IMAGE")},
+        extra_env={
+            **docker_api,
+            "SERVING_IMAGE": setting("SERVING_IMAGE"),
+            "SERVING_SKLEARN_IMAGE": setting("SERVING_SKLEARN_IMAGE"),
+        },
         json_xcom=True,
         doc_md="Build `conveyor/serving-model:<name>-v<version>` FROM `SERVING_IMAGE` with the "
         "model baked in (`serving/model.Dockerfile`, classic builder via the socket "

@@ -44,6 +44,9 @@ LABEL_RUN_ID = "io.conveyor.model.run_id"
 LABEL_DATA_VERSION = "io.conveyor.data.version"
 LABEL_GIT_COMMIT = "org.opencontainers.image.revision"
 LABEL_BASE_IMAGE = "org.opencontainers.image.base.name"
+LABEL_INFERENCE_PATH = "io.conveyor.serving.inference_path"
+CONVERT_STAGE = "convert"
+SPEC_PATH = "/tmp/compiled/serving.json"  # where the convert stage writes serving.convert's spec
 
 def docker_client():
     """A docker-py client from DOCKER_HOST (the socket proxy in the stack)."""
@@ -114,7 +117,50 @@ def build_context(dockerfile: Path, model_dir: Path) -> io.BytesIO:
     return buf
 
 
-def build(client, base_image: str, repository: str, workspace: Path,
+def _build(client, context: io.BytesIO, tag: str, buildargs: dict[str, str],
+           labels: dict[str, str] | None = None, target: str | None = None) -> str | None:
+    """One classic-builder build; its log to stderr; the image id."""
+    context.seek(0)
+    image_id = None
+    stream = client.api.build(
+        fileobj=context, custom_context=True, tag=tag, buildargs=buildargs, labels=labels,
+        target=target, pull=False, rm=True, forcerm=True, decode=True,
+    )
+    for chunk in stream:
+        if "error" in chunk:
+            raise PipelineError(f"image build failed: {chunk['error'].strip()}")
+        if chunk.get("stream", "").strip():
+            print(chunk["stream"].rstrip(), file=sys.stderr)
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+    return image_id
+
+
+def conversion_result(client, image: str) -> dict[str, Any]:
+    """serving.convert's spec from the convert stage's image, via a container's output."""
+    import docker
+
+    container = None
+    try:
+        # not containers.run(remove=True): its logs can come back cut short
+        container = client.containers.create(image, ["cat", SPEC_PATH], network_disabled=True)
+        container.start()
+        status = container.wait(timeout=120)
+        out = container.logs(stdout=True, stderr=False)
+        if status.get("StatusCode") != 0:
+            raise PipelineError(f"no conversion result in {image}: {out[-300:]!r}")
+        return json.loads(out)
+    except (docker.errors.DockerException, ValueError) as exc:
+        raise PipelineError(f"cannot read the conversion result from {image}: {exc}") from exc
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+
+
+def build(client, base_image: str, sklearn_image: str, repository: str, workspace: Path,
           dockerfile: Path) -> dict[str, Any]:
     import docker
 
@@ -127,48 +173,50 @@ def build(client, base_image: str, repository: str, workspace: Path,
     if existing is not None and existing.labels.get(LABEL_RUN_ID) == release["run_id"]:
         print(f"build_serving_image: {tag} already holds run {release['run_id']}: reused",
               file=sys.stderr)
-        return {**release, "image": tag, "image_id": existing.id, "reused": True}
-    try:
-        client.images.get(base_image)
-    except docker.errors.ImageNotFound:
-        msg = f"serving base image {base_image} is not present (run make images)"
-        raise PipelineError(msg) from None
+        path = existing.labels.get(LABEL_INFERENCE_PATH, "")
+        return {**release, "image": tag, "image_id": existing.id, "reused": True,
+                "inference_path": path, "inference_note": "", "variant_image": ""}
+    for image, var in ((base_image, "SERVING_IMAGE"), (sklearn_image, "SERVING_SKLEARN_IMAGE")):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            msg = f"serving base image {image} ({var}) is not present (run make images)"
+            raise PipelineError(msg) from None
 
-    labels = {
-        LABEL_MODEL_NAME: release["model_name"],
-        LABEL_MODEL_VERSION: release["model_version"],
-        LABEL_RUN_ID: release["run_id"],
-        LABEL_DATA_VERSION: release["data_version"],
-        LABEL_GIT_COMMIT: release["git_commit"],
-        LABEL_BASE_IMAGE: base_image,
-        "org.opencontainers.image.version": release["model_version"],
-    }
-    print(f"build_serving_image: building {tag} FROM {base_image}", file=sys.stderr)
-    image_id = None
-    stream = client.api.build(
-        fileobj=build_context(dockerfile, workspace / MODEL_DIR),
-        custom_context=True,
-        tag=tag,
-        buildargs={
-            "SERVING_IMAGE": base_image,
-            "MODEL_NAME": release["model_name"],
-            "MODEL_VERSION": release["model_version"],
-        },
-        labels=labels,
-        pull=False,
-        rm=True,
-        forcerm=True,
-        decode=True,
-    )
-    for chunk in stream:
-        if "error" in chunk:
-            raise PipelineError(f"image build failed: {chunk['error'].strip()}")
-        if chunk.get("stream", "").strip():
-            print(chunk["stream"].rstrip(), file=sys.stderr)
-        if "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
+    context = build_context(dockerfile, workspace / MODEL_DIR)
+    args = {"SERVING_SKLEARN_IMAGE": sklearn_image, "MODEL_NAME": release["model_name"],
+            "MODEL_VERSION": release["model_version"]}
+    convert_tag = f"{tag}-convert"
+    print(f"build_serving_image: compiling the model (stage {CONVERT_STAGE} FROM {sklearn_image})",
+          file=sys.stderr)
+    _build(client, context, convert_tag, {**args, "SERVING_RUNTIME_IMAGE": sklearn_image},
+           target=CONVERT_STAGE)
+    try:
+        spec = conversion_result(client, convert_tag)
+        path = str(spec.get("path"))
+        variant = base_image if path == "onnx" else sklearn_image
+        print(f"build_serving_image: inference path {path} ({spec.get('note')}): "
+              f"building {tag} FROM {variant}", file=sys.stderr)
+        labels = {
+            LABEL_MODEL_NAME: release["model_name"],
+            LABEL_MODEL_VERSION: release["model_version"],
+            LABEL_RUN_ID: release["run_id"],
+            LABEL_DATA_VERSION: release["data_version"],
+            LABEL_GIT_COMMIT: release["git_commit"],
+            LABEL_BASE_IMAGE: variant,
+            LABEL_INFERENCE_PATH: path,
+            "org.opencontainers.image.version": release["model_version"],
+        }
+        image_id = _build(client, context, tag, {**args, "SERVING_RUNTIME_IMAGE": variant}, labels)
+    finally:
+        try:
+            client.images.remove(convert_tag, noprune=False)
+        except docker.errors.DockerException:
+            pass
     image = client.images.get(tag)
-    return {**release, "image": tag, "image_id": image_id or image.id, "reused": False}
+    return {**release, "image": tag, "image_id": image_id or image.id, "reused": False,
+            "inference_path": path, "inference_note": str(spec.get("note", "")),
+            "variant_image": variant}
 
 
 def use_existing(client, tag: str) -> dict[str, Any]:
@@ -196,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.build_serving_image",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=".", type=Path)
-    parser.add_argument("--base-image", default=os.environ.get("SERVING_IMAGE", ""))
+    parser.add_argument("--base-image", default=os.environ.get("SERVING_IMAGE", ""),
+                        help="the lean serving image (compiled path)")
+    parser.add_argument("--sklearn-image", default=os.environ.get("SERVING_SKLEARN_IMAGE", ""),
+                        help="the sklearn variant: compiles, and serves what fails the check")
     parser.add_argument("--repository", default=DEFAULT_REPOSITORY)
     parser.add_argument("--dockerfile", type=Path, default=Path(DEFAULT_DOCKERFILE))
     parser.add_argument("--image", default="", help="use this existing image, build nothing")
@@ -208,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             return use_existing(client, args.image)
         if not args.base_image:
             raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
-        return build(client, args.base_image, args.repository, args.workspace.resolve(),
-                     args.dockerfile)
+        if not args.sklearn_image:
+            raise PipelineError("no sklearn serving image: set SERVING_SKLEARN_IMAGE or "
+                                "--sklearn-image")
+        return build(client, args.base_image, args.sklearn_image, args.repository,
+                     args.workspace.resolve(), args.dockerfile)
 
     return report("build_serving_image: error", run)
 

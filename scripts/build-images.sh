@@ -23,6 +23,7 @@ IMAGES=(
   "builder|docker/builder/Dockerfile|BUILDER_IMAGE"
   "train|pipelines/Dockerfile|TRAIN_IMAGE"
   "serving|serving/Dockerfile|SERVING_IMAGE"
+  "serving-sklearn|serving/sklearn.Dockerfile|SERVING_SKLEARN_IMAGE"
   "airflow|airflow/Dockerfile|AIRFLOW_IMAGE"
   "mlflow|docker/mlflow/Dockerfile|MLFLOW_IMAGE"
   "s3|docker/s3/Dockerfile|S3_IMAGE"

@@ -3,8 +3,9 @@
 import gc
 import sys
 
-# No garbage collection while the start-up imports and the model load allocate (pydantic and
-# FastAPI build many long-lived objects): serving.server.main freezes them and turns it back on.
+# No garbage collection while the start-up imports and the model load allocate (numpy,
+# onnxruntime and the validators build many long-lived objects): serving.server.main freezes
+# them and turns it back on.
 gc.disable()
 
 from serving.server import main  # noqa: E402

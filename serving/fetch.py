@@ -8,6 +8,9 @@
   DVC hash (DVC_MODEL_MD5, e.g. `3f2a...d1.dir`) or a dvc.lock (DVC_LOCK_FILE, output
   DVC_MODEL_PATH=models/model).
 
+Fetching needs the sklearn variant (SERVING_SKLEARN_IMAGE: mlflow, dvc, and sklearn to compile
+the fetched model once into CACHE_DIR); the lean image serves baked models only.
+
 Writes KEY=VALUE lines (MODEL_DIR, MODEL_VERSION, or MODEL_FETCH_ERROR with the one-line
 reason) to the file given as argument; the entrypoint exports them and starts the server,
 which stays up not-ready with that reason if the fetch failed. Always exits 0 once it has
@@ -16,6 +19,7 @@ written the file, so a bad registry or remote never becomes a crash loop.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -116,6 +120,11 @@ def fetch(env: dict[str, str]) -> dict[str, str]:
     source = (env.get("MODEL_SOURCE") or "baked").strip().lower()
     if source in ("baked", "local", "dir"):
         return {}
+    if source in ("mlflow", "dvc") and importlib.util.find_spec(source) is None:
+        raise FetchError(
+            f"MODEL_SOURCE={source} needs the sklearn variant of the serving image "
+            f"(SERVING_SKLEARN_IMAGE): this lean image has no {source}"
+        )
     if source == "mlflow":
         return from_mlflow(env)
     if source == "dvc":

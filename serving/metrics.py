@@ -1,4 +1,6 @@
-"""Prometheus metrics, recorded by a plain ASGI middleware (no BaseHTTPMiddleware overhead).
+"""Prometheus metrics: requests and latency by endpoint and status (recorded by serving.api;
+a client that went away before its answer is status 499, nginx's "client closed request"),
+predictions by class, unknown category values by feature, and the served model.
 
 With several worker processes, PROMETHEUS_MULTIPROC_DIR is set by serving.server before this
 module is imported, and /metrics aggregates every worker's files.
@@ -7,7 +9,6 @@ module is imported, and /metrics aggregates every worker's files.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from prometheus_client import (
@@ -48,23 +49,33 @@ class Metrics:
             ["model_version", "predicted_class"],
             registry=self.registry,
         )
+        self.unknown_categories = Counter(
+            "conveyor_unknown_categories_total",
+            "Category values the model never saw in training, by feature.",
+            ["feature"],
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "conveyor_model_info",
-            "The served model (value 1), labelled with its name, version, run and predictor.",
-            ["name", "version", "run_id", "predictor"],
+            "The served model (value 1): name, version, run, and the inference path that serves "
+            "it (onnx: compiled, sklearn: the estimator itself).",
+            ["name", "version", "run_id", "inference_path"],
             registry=self.registry,
             multiprocess_mode="max",
         )
-        self._by_class: dict[tuple[str, int], Any] = {}
+        self._by_class: dict[tuple[str, Any], Any] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def count_predictions(self, version: str, labels: list[str], idx: list[int]) -> None:
-        counts: dict[int, int] = {}
-        for i in idx:
-            counts[i] = counts.get(i, 0) + 1
-        for i, n in counts.items():
-            child = self._by_class.get((version, i))
+    def count_predictions(self, version: str, labels: list[Any]) -> None:
+        counts: dict[Any, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():
+            child = self._by_class.get((version, label))
             if child is None:
-                child = self._by_class[(version, i)] = self.predictions.labels(version, labels[i])
+                child = self._by_class[(version, label)] = self.predictions.labels(
+                    version, str(label)
+                )
             child.inc(n)
 
     def expose(self) -> tuple[bytes, str]:
@@ -77,38 +88,16 @@ class Metrics:
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def middleware(self, app: Any) -> Any:
-        endpoints, requests, latency = self.endpoints, self.requests, self.latency
-        cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled children, by request
-
-        async def asgi(scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            start = time.perf_counter()
-            status = 500
-
-            async def send_status(message: dict) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                path, method = scope["path"], scope["method"]
-                children = cache.get((path, method, status))
-                if children is None:
-                    endpoint = path if path in endpoints else "other"
-                    code = str(status)
-                    children = (
-                        requests.labels(endpoint, method, code),
-                        latency.labels(endpoint, code),
-                    )
-                    if path in endpoints:  # bounded: known paths x methods x statuses
-                        cache[(path, method, status)] = children
-                children[0].inc()
-                children[1].observe(time.perf_counter() - start)
-
-        return asgi
+    def observe(self, path: str, method: str, status: int, seconds: float) -> None:
+        children = self._requests.get((path, method, status))
+        if children is None:
+            endpoint = path if path in self.endpoints else "other"
+            code = str(status)
+            children = (
+                self.requests.labels(endpoint, method, code),
+                self.latency.labels(endpoint, code),
+            )
+            if path in self.endpoints:  # bounded: known paths x methods x statuses
+                self._requests[(path, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

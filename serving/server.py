@@ -2,6 +2,9 @@
 
 - The model is loaded (and warmed up) in the parent before workers are forked, so workers share
   its memory copy-on-write and start ready.
+- Slow clients cannot hold a worker: a request's headers must arrive within HEADER_TIMEOUT
+  (HeaderTimeoutProtocol), its body within BODY_TIMEOUT (serving.api), and beyond
+  MAX_CONNECTIONS open connections a worker answers 503.
 - A model that cannot be loaded does not stop the server: it stays up, /ready answers 503 with
   the reason (also logged), so the cause is visible instead of a crash loop.
 - SIGTERM: each worker first reports not-ready for SHUTDOWN_DRAIN_SECONDS while still serving,
@@ -28,6 +31,11 @@ import uvicorn
 from serving.settings import Settings, SettingsError
 
 log = logging.getLogger("serving.server")
+_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
+HEADER_TIMEOUT_REPLY = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
 
 
 class GracefulServer(uvicorn.Server):
@@ -64,25 +72,58 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's httptools protocol, closing a connection whose request headers have not all
+    arrived `seconds` after it opened or after the request's first byte. (uvicorn's own
+    keep-alive timeout only runs between requests: a client that connects and sends nothing, or
+    sends its headers a byte at a time, would hold the connection forever.)"""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: Any = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(HEADER_TIMEOUT_REPLY)
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        loop = "asyncio"
-    try:
-        import httptools  # noqa: F401
-
-        http = "httptools"
-    except ImportError:  # pragma: no cover
-        http = "h11"
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        loop=loop,
-        http=http,
+        loop="uvloop",
+        http=header_timeout_protocol(settings.header_timeout),
+        limit_concurrency=settings.max_connections,
         lifespan="off",
         access_log=False,
         server_header=False,
@@ -95,7 +136,8 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
 def build(settings: Settings) -> tuple[Any, Any]:
     """Load the model (never raising for a bad model) and build the app: (app, state)."""
     from serving.app import ServingState, create_app
-    from serving.model import ModelLoadError, load_model
+    from serving.artifact import ModelLoadError
+    from serving.model import load_model
 
     state = ServingState()
     if settings.fetch_error:
@@ -107,6 +149,8 @@ def build(settings: Settings) -> tuple[Any, Any]:
             settings.model_dir,
             name=settings.model_name,
             version=settings.model_version,
+            compiled_dir=settings.compiled_dir,
+            cache_dir=settings.cache_dir,
             fast_path=settings.fast_path,
         )
     except ModelLoadError as exc:
@@ -118,12 +162,13 @@ def build(settings: Settings) -> tuple[Any, Any]:
     else:
         state.model = model
         log.info(
-            "model %s version %s loaded from %s in %.2fs; predictor: %s",
+            "model %s version %s loaded from %s in %.2fs; inference path %s: %s",
             model.name,
             model.version,
             model.source,
             model.load_seconds,
-            model.fast_path_note,
+            model.path,
+            model.note,
         )
     return create_app(settings, state), state
 

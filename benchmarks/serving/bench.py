@@ -1,19 +1,22 @@
-"""Conveyor's prediction server vs `mlflow models serve` on the project's demo model.
+"""Conveyor's prediction server vs `mlflow models serve`, on every model family.
 
-    python benchmarks/serving/bench.py [--duration 10] [--workdir /tmp/conveyor-bench]
+    python benchmarks/serving/bench.py [--duration 5] [--workdir /tmp/conveyor-bench]
     make bench
 
-1. Trains the demo model once with the project's pipeline (ingest of the `demo` source,
-   validate, train, params.yaml) into WORKDIR/models/model.
-2. Serves it with each server, one worker each, pinned to the same core (`taskset -c 1`),
-   with the load generator (`wrk`, Debian's package) pinned to the other core (`taskset -c 0`).
-3. Prints one Markdown table: requests/s and p50/p99 latency at 1 and 32 connections for
-   single-record requests, the time for a 1000-record batch, peak memory (RSS of the server's
-   process tree) and cold start (spawn -> first successful prediction), and the in-process
-   `predict_proba` time for the same batch.
-
-Conveyor is measured on /predict and on /invocations (MLflow's request format, the same body
-MLflow gets). Figures depend on the machine and its load: run it on an otherwise idle host.
+Models: logistic regression trained by the project's pipeline on its demo data; a
+HistGradientBoosting and a RandomForest pipeline (impute + scale, ColumnTransformer) on
+scikit-learn's bundled breast-cancer and wine tables (column names with spaces and
+parentheses); and a RandomForest regressor saved the plain way (`mlflow.sklearn.save_model`
+with a numpy input example: a tensor signature), as most existing MLflow models are.
+Each model is compiled as the bake does (serving.convert) and served by each server, one worker
+each, pinned to the same core (`taskset -c 1`), with the load generator (`wrk`) on the other.
+Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records; the median of
+three wrk runs each), a
+1000-record batch, peak RSS, cold start (spawn -> first prediction), the in-process sklearn
+`predict_proba`/`predict` time for the same 1000 records (pinned to the servers' core), and the
+ratios against the targets.
+The raw-ASGI ceiling (uvicorn + httptools answering a fixed body, no model) is printed as the
+limit. Figures depend on the machine and its load: the load average is printed with them.
 Nothing here is asserted by the tests.
 """
 
@@ -61,11 +64,93 @@ def train_demo_model(workdir: Path) -> Path:
     return model_dir
 
 
-def records(model_dir: Path, n: int) -> list[dict]:
-    doc = json.loads((model_dir / "input_example.json").read_text())
-    rows = [dict(zip(doc["columns"], r, strict=True)) for r in doc["data"]]
+def bundled_models(workdir: Path) -> dict[str, Path]:
+    """The other three models (module docstring), saved once into WORKDIR/models/."""
+    import numpy as np
+    from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = {}
+    specs = {
+        "hgb (breast cancer)": (load_breast_cancer, HistGradientBoostingClassifier(max_iter=100)),
+        "rf (wine)": (load_wine, RandomForestClassifier(n_estimators=200, random_state=0)),
+    }
+    for label, (loader, estimator) in specs.items():
+        path = workdir / "models" / label.split()[0]
+        out[label] = path
+        if (path / "MLmodel").exists():
+            continue
+        data = loader(as_frame=True)
+        X = data.data.copy()
+        X.columns = [f"{c} (x)" if i % 3 == 0 else c for i, c in enumerate(X.columns)]
+        X.iloc[::17, 0] = np.nan
+        numeric = Pipeline(
+            [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+        )
+        pre = ColumnTransformer([("numeric", numeric, list(X.columns))])
+        model = Pipeline([("preprocess", pre), ("estimator", estimator)]).fit(X, data.target)
+        _save(
+            model,
+            path,
+            X,
+            signature=infer_signature(X, model.predict(X)),
+            metadata={"task": "classification"},
+        )
+        (path / "bench_rows.json").write_text(X.head(200).to_json(orient="records"))
+    path = workdir / "models" / "tensor"
+    out["rf regressor (tensor)"] = path
+    if not (path / "MLmodel").exists():
+        X, y = load_diabetes(return_X_y=True)
+        model = make_pipeline(RandomForestRegressor(n_estimators=100, max_depth=8, random_state=0))
+        model.fit(X, y)
+        _save(model, path, X)  # the plain way: a numpy input example, a tensor signature
+        (path / "bench_rows.json").write_text(json.dumps(X[:200].tolist()))
+    return out
+
+
+def _save(model, path: Path, X, **kwargs) -> None:
+    import mlflow.sklearn
+    import skops.io
+
+    probe = path.parent / f"{path.name}.probe.skops"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(model, probe)
+    trusted = skops.io.get_untrusted_types(file=str(probe)) or None
+    probe.unlink()
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        input_example=X[:3],
+        skops_trusted_types=trusted,
+        pip_requirements=[],
+        **kwargs,
+    )
+
+
+def bench_rows(model_dir: Path, n: int) -> list:
+    """n records (dicts, or lists for a tensor model), NaN as null, cycling the sample."""
+    sample = model_dir / "bench_rows.json"
+    if sample.exists():
+        rows = json.loads(sample.read_text())
+    else:
+        doc = json.loads((model_dir / "input_example.json").read_text())
+        rows = [dict(zip(doc["columns"], r, strict=True)) for r in doc["data"]]
+
+    def clean(v):
+        return None if isinstance(v, float) and v != v else v
+
     rows = [
-        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows
+        {k: clean(v) for k, v in r.items()} if isinstance(r, dict) else [clean(v) for v in r]
+        for r in rows
     ]
     return [rows[i % len(rows)] for i in range(n)]
 
@@ -204,26 +289,92 @@ def wrk(port: int, path: str, body: bytes, conns: int, duration: int, tmp: Path)
     }
 
 
-def in_process_ms(model_dir: Path, rows: list[dict], n: int = 20) -> float:
-    import pandas as pd
-    import skops.io
+IN_PROCESS = """
+import json, statistics, sys, time
+import numpy as np
+import pandas as pd
+from serving.artifact import read_artifact
+from serving.convert import load_estimator
 
-    path = str(model_dir / "model.skops")
-    model = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-    df = pd.DataFrame(rows).astype({k: float for k, v in rows[0].items() if isinstance(v, float)})
-    times = []
-    for _ in range(n + 2):
-        t = time.perf_counter()
-        model.predict_proba(df)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[2:]) * 1000
+model_dir, rows_file = sys.argv[1], sys.argv[2]
+rows = json.load(open(rows_file))
+model = load_estimator(read_artifact(model_dir))
+if isinstance(rows[0], dict):
+    X = pd.DataFrame(rows)
+    for col in X.columns:
+        if X[col].dtype == object and all(v is None or isinstance(v, (int, float)) for v in X[col]):
+            X[col] = X[col].astype(float)
+else:
+    X = np.array(rows, dtype=float)
+fn = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+times = []
+for _ in range(22):
+    t = time.perf_counter()
+    fn(X)
+    times.append(time.perf_counter() - t)
+print(statistics.median(times[2:]) * 1000)
+"""
+
+
+def in_process_ms(model_dir: Path, rows: list, tmp: Path) -> float:
+    """sklearn's own predict_proba (classifiers) or predict on the same records, in a process
+    pinned to the servers' core (sklearn's OpenMP would otherwise use both)."""
+    rows_file = tmp / f"inproc-{model_dir.name}.json"
+    rows_file.write_text(json.dumps(rows))
+    out = subprocess.run(
+        ["taskset", "-c", SERVER_CORE, PYTHON, "-c", IN_PROCESS, str(model_dir), str(rows_file)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+CEILING_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+"""
+
+
+REPEATS = 3  # wrk runs per figure: the median of each, so one stall of a shared core is not it
+
+
+def median_run(port: int, path: str, body: bytes, conns: int, duration: int, tmp: Path) -> dict:
+    runs = [wrk(port, path, body, conns, duration, tmp) for _ in range(REPEATS)]
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "max")}
+    out["non2xx"] = sum(r["non2xx"] for r in runs)
+    out["socket_errors"] = " ".join(r["socket_errors"] for r in runs if r["socket_errors"])
+    return out
+
+
+def measure(
+    server: Server, path: str, single: bytes, batch: bytes | None, duration: int, tmp: Path
+) -> dict:
+    cold = server.start(path, single)
+    try:
+        wrk(server.port, path, single, 8, 2, tmp)  # warm-up
+        r1 = median_run(server.port, path, single, 1, duration, tmp)
+        r32 = median_run(server.port, path, single, 32, duration, tmp)
+        b = batch_ms(server.port, path, batch) if batch else float("nan")
+    finally:
+        server.stop()
+    return {"cold": cold, "r1": r1, "r32": r32, "batch": b, "peak_mb": server.peak_kb / 1024}
 
 
 # -- main ----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--cold-runs", type=int, default=5, help="extra cold starts to time")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--cold-runs", type=int, default=3, help="extra cold starts to time")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "conveyor-bench"))
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
@@ -233,148 +384,174 @@ def main() -> int:
         sys.exit("bench: needs 2 CPUs (server on core 1, load generator on core 0)")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = train_demo_model(workdir)
-    one = records(model_dir, 1)
-    thousand = records(model_dir, 1000)
-    single_predict = json.dumps(one[0]).encode()
-    single_mlflow = json.dumps({"dataframe_records": one}).encode()
-    batch_predict = json.dumps(thousand).encode()
-    batch_mlflow = json.dumps({"dataframe_records": thousand}).encode()
-
-    # The image build compiles the fast path next to the model (serving/model.Dockerfile).
-    subprocess.run(
-        [PYTHON, "-m", "serving.compile", str(model_dir)], cwd=ROOT, check=True, capture_output=True
-    )
-
-    servers = [
-        ("conveyor /predict", "conveyor", "/predict", single_predict, batch_predict),
-        ("conveyor /invocations", "conveyor", "/invocations", single_mlflow, batch_mlflow),
-        ("mlflow models serve", "mlflow", "/invocations", single_mlflow, batch_mlflow),
-    ]
+    load_before = os.getloadavg()
+    models = {"lr (demo data)": train_demo_model(workdir), **bundled_models(workdir)}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     port = 18700
-    conveyor_cmd = [PYTHON, "-m", "serving"]
-    conveyor_env = {
-        "MODEL_DIR": str(model_dir),
-        "WEB_CONCURRENCY": "1",
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "warning",
-        "PYTHONPATH": str(ROOT),
-    }
-    mlflow_cmd = [
-        str(VENV_BIN / "mlflow"),
-        "models",
-        "serve",
+
+    # the raw-ASGI ceiling: uvicorn + httptools answering a fixed body, no model
+    (tmp / "ceiling.py").write_text(CEILING_APP)
+    port += 1
+    ceiling_cmd = [
+        PYTHON,
         "-m",
-        str(model_dir),
-        "--env-manager",
-        "local",
-        "--workers",
-        "1",
+        "uvicorn",
+        "ceiling:app",
+        "--app-dir",
+        str(tmp),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
         "--host",
         "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
     ]
-    mlflow_env = {
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
-        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-    }
-    rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    for label, kind, path, single, batch in servers:
+    ceiling = measure(
+        Server("ceiling", ceiling_cmd, {}, port), "/", b"{}", None, args.duration, tmp
+    )
+
+    results = []
+    for label, model_dir in models.items():
+        compiled = workdir / "compiled" / model_dir.name
+        proc = subprocess.run(
+            [PYTHON, "-m", "serving.convert", str(model_dir), str(compiled)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        conversion = json.loads(proc.stdout.strip().splitlines()[-1])
+        one, thousand = bench_rows(model_dir, 1), bench_rows(model_dir, 1000)
+        tensor = not isinstance(one[0], dict)
+        key = "inputs" if tensor else "dataframe_records"
+        bodies = {
+            "/predict": (
+                json.dumps(one[0] if not tensor else one).encode(),
+                json.dumps(thousand).encode(),
+            ),
+            "/invocations": (json.dumps({key: one}).encode(), json.dumps({key: thousand}).encode()),
+        }
+        env = {
+            "MODEL_DIR": str(model_dir),
+            "COMPILED_DIR": str(compiled),
+            "CACHE_DIR": str(tmp / "cache"),
+            "WEB_CONCURRENCY": "1",
+            "HOST": "127.0.0.1",
+            "LOG_LEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+        rows = []
+        for path in ("/predict", "/invocations"):
+            port += 1
+            server = Server("conveyor", [PYTHON, "-m", "serving"], {**env, "PORT": str(port)}, port)
+            print(f"bench: {label}: conveyor {path} on :{port} ...", file=sys.stderr)
+            rows.append(
+                (f"conveyor {path}", measure(server, path, *bodies[path], args.duration, tmp))
+            )
         port += 1
-        if kind == "conveyor":
-            server = Server("conveyor", conveyor_cmd, {**conveyor_env, "PORT": str(port)}, port)
-        else:
-            server = Server("mlflow", [*mlflow_cmd, "-p", str(port)], mlflow_env, port)
-        print(f"bench: {label} on :{port} ...", file=sys.stderr)
-        cold = server.start(path, single)
-        try:
-            wrk(port, path, single, 8, 2, tmp)  # warm-up
-            r1 = wrk(port, path, single, 1, args.duration, tmp)
-            r32 = wrk(port, path, single, 32, args.duration, tmp)
-            b = batch_ms(port, path, batch)
-        finally:
-            server.stop()
+        mlflow_cmd = [
+            str(VENV_BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(model_dir),
+            "--env-manager",
+            "local",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
+        mlflow_env = {"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+        print(f"bench: {label}: mlflow models serve on :{port} ...", file=sys.stderr)
         rows.append(
+            (
+                "mlflow models serve",
+                measure(
+                    Server("mlflow", mlflow_cmd, mlflow_env, port),
+                    "/invocations",
+                    *bodies["/invocations"],
+                    args.duration,
+                    tmp,
+                ),
+            )
+        )
+        colds = []
+        for _ in range(args.cold_runs):
+            port += 1
+            server = Server(
+                "conveyor-cold", [PYTHON, "-m", "serving"], {**env, "PORT": str(port)}, port
+            )
+            colds.append(server.start("/predict", bodies["/predict"][0]))
+            server.stop()
+        results.append(
             {
                 "label": label,
-                "cold": cold,
-                "r1": r1,
-                "r32": r32,
-                "batch": b,
-                "peak_mb": server.peak_kb / 1024,
+                "rows": rows,
+                "inproc": in_process_ms(model_dir, thousand, tmp),
+                "path": conversion["path"],
+                "colds": colds,
             }
         )
-    inproc = in_process_ms(model_dir, thousand)
+    load_after = os.getloadavg()
+    report(results, ceiling, args, load_before, load_after)
+    return 0
 
-    # cold start is noisy on a shared machine: a few more spawns of Conveyor's server
-    colds = []
-    for _ in range(args.cold_runs):
-        port += 1
-        server = Server("conveyor-cold", conveyor_cmd, {**conveyor_env, "PORT": str(port)}, port)
-        colds.append(server.start("/predict", single_predict))
-        server.stop()
 
-    # cold start when no compiled fast path exists yet (sklearn imported, compiled at load)
-    for cached in model_dir.glob("serving-fastpath.npz"):
-        cached.unlink()
-    port += 1
-    scratch = Path(tempfile.mkdtemp(prefix="bench-nocache-"))
-    server = Server(
-        "conveyor-nocache",
-        conveyor_cmd,
-        {**conveyor_env, "PORT": str(port), "TMPDIR": str(scratch)},
-        port,
-    )
-    cold_uncompiled = server.start("/predict", single_predict)
-    server.stop()
-
+def report(results, ceiling, args, load_before, load_after) -> None:
     print(
-        f"\nModel: project demo model ({model_dir}), "
-        f"{len(one[0])} features; server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, "
-        f"{args.duration}s per run, 1 worker each.\n"
+        f"\nServer on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, median of {REPEATS} runs of "
+        f"{args.duration}s, 1 worker each; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after."
+    )
+    print(
+        f"Raw-ASGI ceiling (uvicorn + httptools, fixed body, no model): "
+        f"{ceiling['r1']['rps']:.0f} req/s at c=1, {ceiling['r32']['rps']:.0f} at c=32.\n"
     )
     head = (
-        "| server | req/s c=1 | p50 / p99 ms c=1 | req/s c=32 | p50 / p99 ms c=32 "
-        "| 1000-record batch ms | peak RSS MB | cold start s |"
+        "| model (path) | server | req/s c=1 | p50 / p99 ms c=1 | req/s c=32 | p50 / p99 ms c=32 "
+        "| 1000-record batch ms | in-process ms | peak RSS MB | cold start s |"
     )
     print(head)
-    print("|" + "---|" * 8)
-    for r in rows:
-        print(
-            f"| {r['label']} | {r['r1']['rps']:.0f} | {r['r1']['p50']:.2f} / {r['r1']['p99']:.2f} "
-            f"| {r['r32']['rps']:.0f} | {r['r32']['p50']:.2f} / {r['r32']['p99']:.2f} "
-            f"| {r['batch']:.1f} | {r['peak_mb']:.0f} | {r['cold']:.2f} |"
-        )
-    print(
-        "\nMax latency ms (c=1 / c=32): "
-        + "; ".join(f"{r['label']} {r['r1']['max']:.1f} / {r['r32']['max']:.1f}" for r in rows)
-    )
-    print(f"\nIn-process sklearn predict_proba, 1000 records (DataFrame): {inproc:.1f} ms")
-    print(f"Conveyor cold start without a pre-compiled fast path: {cold_uncompiled:.2f} s")
-    if colds:
-        print(
-            f"Conveyor cold start over {len(colds)} more spawns: median "
-            f"{statistics.median(colds):.2f} s, min {min(colds):.2f} s, max {max(colds):.2f} s"
-        )
-    ml = rows[-1]
-    print("\nRatios vs mlflow models serve (target):")
-    for r in rows[:-1]:
-        print(
-            f"- {r['label']}: req/s x{r['r1']['rps'] / ml['r1']['rps']:.1f} at c=1 and "
-            f"x{r['r32']['rps'] / ml['r32']['rps']:.1f} at c=32 (>= 5); "
-            f"p99 {r['r1']['p99'] / ml['r1']['p99']:.2f} / {r['r32']['p99'] / ml['r32']['p99']:.2f}"
-            f" of MLflow's (<= 0.2); memory {r['peak_mb'] / ml['peak_mb']:.2f} (<= 0.33); "
-            f"batch {r['batch'] / inproc:.2f}x in-process (<= 2)"
-        )
-    errors = [
-        (r["label"], c, r[c])
-        for r in rows
-        for c in ("r1", "r32")
-        if r[c]["non2xx"] or r[c]["socket_errors"]
-    ]
-    for label, c, res in errors:
-        print(f"WARNING {label} {c}: non-2xx={res['non2xx']} {res['socket_errors']}")
-    return 0
+    print("|" + "---|" * 10)
+    for res in results:
+        for name, r in res["rows"]:
+            print(
+                f"| {res['label']} ({res['path']}) | {name} | {r['r1']['rps']:.0f} "
+                f"| {r['r1']['p50']:.2f} / {r['r1']['p99']:.2f} | {r['r32']['rps']:.0f} "
+                f"| {r['r32']['p50']:.2f} / {r['r32']['p99']:.2f} | {r['batch']:.1f} "
+                f"| {res['inproc']:.1f} | {r['peak_mb']:.0f} | {r['cold']:.2f} |"
+            )
+    print("\nAgainst the targets (conveyor /predict, /invocations vs mlflow models serve):")
+    for res in results:
+        ml = res["rows"][-1][1]
+        for name, r in res["rows"][:-1]:
+            print(
+                f"- {res['label']} {name}: req/s x{r['r1']['rps'] / ml['r1']['rps']:.0f} (c=1), "
+                f"x{r['r32']['rps'] / ml['r32']['rps']:.0f} (c=32) [>= 10]; p99 "
+                f"{r['r1']['p99'] / ml['r1']['p99']:.3f} / {r['r32']['p99'] / ml['r32']['p99']:.3f}"
+                f" of MLflow's [<= 0.1]; RSS {r['peak_mb'] / ml['peak_mb']:.2f} [<= 0.25]; "
+                f"cold start {r['cold']:.2f} s, median of {len(res['colds'])} more "
+                f"{statistics.median(res['colds']):.2f} s [<= 1]; batch "
+                f"{r['batch'] / res['inproc']:.2f}x in-process [<= 1]"
+            )
+    for res in results:
+        for name, r in res["rows"]:
+            for c in ("r1", "r32"):
+                if r[c]["non2xx"] or r[c]["socket_errors"]:
+                    print(
+                        f"WARNING {res['label']} {name} {c}: non-2xx={r[c]['non2xx']} "
+                        f"{r[c]['socket_errors']}"
+                    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ The procedure (measured on this machine to lose no request at 200 req/s):
    volume) and send SIGHUP to GATEWAY_CONTAINER through the Docker API's kill endpoint (exec is
    refused by the socket proxy); confirm through the gateway that the new container answers;
 4. wait DRAIN_SECONDS for nginx's old workers to finish their in-flight requests, then stop
-   (SIGTERM, graceful) and remove the old container.
+   (SIGTERM, graceful) and remove the old container, if an earlier deploy started it (the
+   stack's Compose `serving` fallback keeps running).
 
 Re-running with the image that is already live does nothing. Serving containers are named
 `<SERVING_CONTAINER_PREFIX>-<image tag>-<image id>`; their port is the one the image EXPOSEs.
@@ -312,11 +313,12 @@ def swap_in(client, swap: Swap) -> dict[str, Any]:
     print(f"deploy: gateway now sends traffic to {target}", file=sys.stderr)
 
     time.sleep(DRAIN_SECONDS)  # nginx's old workers finish their in-flight requests
-    if previous is not None and previous.id != new.id:
+    # Only a container an earlier deploy started goes: the Compose `serving` service is the
+    # stack's own fallback (the gateway returns to it when the deployed one is gone) and stays.
+    if previous is not None and previous.id != new.id and previous.labels.get(ROLE_LABEL) == ROLE:
         print(f"deploy: stopping the old container {previous.name}", file=sys.stderr)
         previous.stop(timeout=STOP_TIMEOUT_S)
-        if previous.labels.get(ROLE_LABEL) == ROLE:
-            remove(previous)  # ours; a Compose-managed one is only stopped
+        remove(previous)
     return {
         "target": "compose",
         "image": image_ref,

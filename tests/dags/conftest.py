@@ -16,8 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = Path(sys.executable).parent / "docker-compose"
-IMAGES = ("AIRFLOW", "POSTGRES", "MLFLOW", "S3", "SOCKET_PROXY", "SERVING", "GATEWAY", "RELEASE",
-          "PROMETHEUS", "ALERTMANAGER", "EXPORTERS")  # fmt: skip
+IMAGES = ("AIRFLOW", "POSTGRES", "MLFLOW", "S3", "SOCKET_PROXY", "SERVING", "SERVING_SKLEARN",
+          "GATEWAY", "RELEASE", "PROMETHEUS", "ALERTMANAGER", "EXPORTERS")  # fmt: skip
 TRAIN_IMAGE = "conveyor/train:0123456789ab"
 
 

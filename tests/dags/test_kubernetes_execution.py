@@ -38,6 +38,7 @@ ENV = {
     "TRAIN_IMAGE": "registry.example.test/conveyor/train:0123456789ab",
     "RELEASE_IMAGE": "registry.example.test/conveyor/release:0123456789ab",
     "SERVING_IMAGE": "registry.example.test/conveyor/serving:0123456789ab",
+    "SERVING_SKLEARN_IMAGE": "registry.example.test/conveyor/serving-sklearn:0123456789ab",
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
     "AWS_ACCESS_KEY_ID": "key-id-not-for-the-pod-spec",
     "AWS_SECRET_ACCESS_KEY": "secret-not-for-the-pod-spec",

@@ -62,7 +62,8 @@ def marker_ca() -> tuple[bytes, bytes]:
 
 def certificates(bundle: bytes) -> list[bytes]:
     """The PEM blocks of a bundle, normalised (one per certificate)."""
-    return [BEGIN + part.split(b"-----END CERTIFICATE-----")[0].rstrip() + b"\n"
+    end = b"-----END CERTIFICATE-----"
+    return [BEGIN + part.split(end)[0].rstrip() + b"\n" + end + b"\n"
             for part in bundle.split(BEGIN)[1:]]  # fmt: skip
 
 

@@ -37,6 +37,7 @@ IMAGES = {
         "SOCKET_PROXY_IMAGE",
         "TRAIN_IMAGE",
         "SERVING_IMAGE",
+        "SERVING_SKLEARN_IMAGE",
         "GATEWAY_IMAGE",
         "RELEASE_IMAGE",
         "PROMETHEUS_IMAGE",

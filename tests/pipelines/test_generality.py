@@ -378,26 +378,12 @@ def _records(X: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _served_value(prediction: Any) -> float:
-    """A regression prediction as the server returns it: the number, or its record's value."""
-    if isinstance(prediction, dict):
-        key = next(k for k in ("value", "prediction", "label") if k in prediction)
-        return float(prediction[key])
-    return float(prediction)
+def _served_value(prediction: dict[str, Any]) -> float:
+    """A regression prediction as the server returns it: `{"value": ...}` per record."""
+    return float(prediction["value"])
 
 
-REGRESSION_SERVING = pytest.mark.xfail(
-    strict=True, reason="serving: regression lands with the serving branch"
-)
-
-
-SERVING_CASES = [
-    pytest.param(t, f, marks=[REGRESSION_SERVING] if task_of(t) == "regression" else [])
-    for t, f in CASES
-]
-
-
-@pytest.mark.parametrize(("table", "family"), SERVING_CASES)
+@pytest.mark.parametrize(("table", "family"), CASES)
 def test_the_server_answers_as_the_in_process_model(matrix, table, family):
     import mlflow.sklearn
     from fastapi.testclient import TestClient

@@ -1,12 +1,18 @@
-"""The serving image on the real engine: baked model, read-only, non-root, no capabilities,
-ready through its HEALTHCHECK, same predictions as in process, and a SIGTERM under load that
-fails no request. Containers and images are labelled and removed by label."""
+"""The serving images on the real engine: the lean image carries no pandas/sklearn/scipy/mlflow/
+dvc; the bake (pipelines.build_serving_image) compiles, checks and picks the variant (lean for a
+model that compiles, sklearn for one that does not); a baked model runs read-only, non-root,
+without capabilities, ready through its HEALTHCHECK, with in-process predictions, survives the
+worst bodies under MAX_BODY_BYTES within its production memory limit, and stops on SIGTERM under
+load without failing a request; the sklearn variant compiles a mounted model once at start-up,
+outside MODEL_DIR. Containers and images are labelled and removed by label."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,7 +22,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serving.conftest import frame, record
+from scripts.stack_env import EXAMPLE, read
+from tests.serving.conftest import frame, load_reference, record
 
 pytestmark = pytest.mark.docker
 
@@ -58,10 +65,10 @@ def cleanup() -> None:
 
 
 @pytest.fixture(scope="module")
-def serving_image() -> str:
+def images() -> dict[str, str]:
     env_file = ROOT / ".build" / "images.env"
     proc = subprocess.run(
-        ["bash", "scripts/build-images.sh", "serving"],
+        ["bash", "scripts/build-images.sh", "serving", "serving-sklearn"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -69,39 +76,72 @@ def serving_image() -> str:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    images = dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
-    return images["SERVING_IMAGE"]
+    return dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
 
 
 @pytest.fixture(scope="module")
-def model_image(serving_image, model_dir, tmp_path_factory):
-    ctx = tmp_path_factory.mktemp("bake")
-    shutil.copytree(model_dir, ctx / "model")
-    tag = f"conveyor-test/serving-model:{uuid.uuid4().hex[:10]}"
-    docker(
-        "build",
-        "-q",
-        "-f",
-        str(ROOT / "serving" / "model.Dockerfile"),
-        "--build-arg",
-        f"SERVING_IMAGE={serving_image}",
-        "--build-arg",
-        "MODEL_NAME=churn",
-        "--build-arg",
-        "MODEL_VERSION=7",
-        "--label",
-        LABEL,
-        "-t",
-        tag,
-        str(ctx),
-        timeout=600,
+def serving_image(images) -> str:
+    return images["SERVING_IMAGE"]
+
+
+def bake(images: dict[str, str], model_dir: Path, workspace: Path, version: str) -> dict:
+    """The DAG's bake step, as the DAG runs it (CLI, JSON line out)."""
+    (workspace / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, workspace / "models" / "model")
+    (workspace / "reports").mkdir(exist_ok=True)
+    (workspace / "reports" / "registration.json").write_text(
+        json.dumps({"model_name": "churn", "version": version, "run_id": uuid.uuid4().hex})
     )
-    yield tag
+    repo = f"conveyor-test/serving-model-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.build_serving_image",
+            "--workspace",
+            str(workspace),
+            "--dockerfile",
+            str(ROOT / "serving" / "model.Dockerfile"),
+            "--repository",
+            repo,
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "SERVING_IMAGE": images["SERVING_IMAGE"],
+            "SERVING_SKLEARN_IMAGE": images["SERVING_SKLEARN_IMAGE"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    BAKED.append(result["image"])  # the bake's own labels: removed by name, not by LABEL
+    return result
+
+
+BAKED: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def model_image(images, model_dir, tmp_path_factory):
+    result = bake(images, model_dir, tmp_path_factory.mktemp("ws"), "7")
+    assert result["inference_path"] == "onnx" and result["variant_image"] == images["SERVING_IMAGE"]
+    assert set(result) >= {"image", "image_id", "model_name", "model_version", "run_id", "reused"}
+    yield result["image"]
     cleanup()
+    for image in BAKED:
+        docker("rmi", "-f", image, check=False)
 
 
-def run(image: str, *env: str, start_period: str = "30s") -> tuple[str, str]:
-    args = ["run", "-d", "--label", LABEL, *HARDENING, "-p", "127.0.0.1::8000"]
+def run(
+    image: str, *env: str, start_period: str = "30s", mounts: list[str] | None = None
+) -> tuple[str, str]:
+    name = f"conveyor-test-{uuid.uuid4().hex[:10]}"
+    args = ["run", "-d", "--name", name, "--label", LABEL, *HARDENING, "-p", "127.0.0.1::8000"]
+    args += mounts or []
     args += ["--health-interval", "1s", "--health-start-period", start_period]
     for item in env:
         args += ["-e", item]
@@ -136,7 +176,121 @@ def test_image_is_hardened_and_labelled(model_image):
     assert "extra-ca" not in listing and "ca-bundle" not in listing
 
 
-def test_serves_read_only_and_stops_gracefully_under_load(model_image, reference):
+def test_lean_image_carries_only_the_compiled_path(serving_image):
+    probe = (
+        "import importlib.util as u; "
+        "print(sorted(m for m in ('pandas', 'sklearn', 'scipy', 'mlflow', 'dvc', 'fastapi', "
+        "'skl2onnx', 'onnx', 'pip') if u.find_spec(m)))"
+    )
+    assert docker("run", "--rm", "--entrypoint", "python", serving_image, "-c", probe) == "[]"
+
+
+def test_bake_serves_an_unconvertible_model_with_the_sklearn_variant(
+    images, unconvertible_dir, tmp_path
+):
+    result = bake(images, unconvertible_dir, tmp_path, "8")
+    assert result["inference_path"] == "sklearn"
+    assert result["variant_image"] == images["SERVING_SKLEARN_IMAGE"]
+    assert "FunctionTransformer" in result["inference_note"]
+    cid, base = run(result["image"])
+    try:
+        wait_health(cid, "healthy")
+        meta = requests.get(f"{base}/metadata", timeout=5).json()
+        assert meta["inference_path"] == "sklearn" and meta["model_version"] == "8"
+        assert requests.post(f"{base}/predict", json=record(), timeout=5).status_code == 200
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_sklearn_variant_compiles_a_mounted_model_once_outside_model_dir(images, family_dirs):
+    model = family_dirs["rf"]
+    cid, base = run(
+        images["SERVING_SKLEARN_IMAGE"],
+        "WEB_CONCURRENCY=1",
+        mounts=["-v", f"{model}:/app/model:ro"],
+        start_period="120s",
+    )
+    try:
+        wait_health(cid, "healthy", timeout=180)
+        meta = requests.get(f"{base}/metadata", timeout=5).json()
+        assert meta["inference_path"] == "onnx", meta["inference_note"]
+        listing = docker("exec", cid, "ls", "/tmp/conveyor-serving")
+        assert len(listing.split()) == 1  # one compilation, by model fingerprint
+    finally:
+        docker("rm", "-f", cid, check=False)
+    assert sorted(p.name for p in model.iterdir()) == sorted(
+        [
+            "MLmodel",
+            "model.skops",
+            "input_example.json",
+            "serving_input_example.json",
+            "requirements.txt",
+            "python_env.yaml",
+            "conda.yaml",
+        ]
+    )
+
+
+def rss_kb(cid: str) -> int:
+    status = docker("exec", cid, "cat", "/proc/1/status")
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def test_worst_bodies_cost_at_most_twice_the_idle_memory(model_image):
+    limit = f"{read(EXAMPLE)['SERVING_MEMORY_MB']}m"  # what deploy runs it with (.env.example)
+    cid, base = run(model_image, "WEB_CONCURRENCY=1", mounts=["--memory", limit])
+    try:
+        wait_health(cid, "healthy")
+        requests.post(f"{base}/predict", json=[record()] * 100, timeout=10)
+        idle = rss_kb(cid)
+        size = 4 * 1024 * 1024 - 64  # MAX_BODY_BYTES's default, less the brackets
+        fields = ", ".join(f'"{k}": "x"' for k in record())
+        worst = {
+            "empty objects": b"[" + b"{}," * (size // 3) + b"{}]",
+            "empty lists": b"[" + b"[]," * (size // 3) + b"[]]",
+            "zeros": b"[" + b"0," * (size // 2) + b"0]",
+            "one long string": b'{"contract": "' + b"x" * size + b'"}',
+            "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+            "5000 bad records": b"[" + b",".join([b"{" + fields.encode() + b"}"] * 5000) + b"]",
+            "mlflow records": b'{"dataframe_records": [' + b"{}," * (size // 3) + b"{}]}",
+        }
+        stop = threading.Event()
+        health: list[int | str] = []
+
+        def probe() -> None:
+            while not stop.is_set():
+                try:
+                    health.append(requests.get(f"{base}/health", timeout=5).status_code)
+                except requests.RequestException as exc:
+                    health.append(type(exc).__name__)
+                time.sleep(0.2)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        peak = idle
+        try:
+            for name, body in worst.items():
+                for path in ("/predict", "/invocations"):
+                    resp = requests.post(
+                        f"{base}{path}",
+                        data=body,
+                        timeout=60,
+                        headers={"content-type": "application/json"},
+                    )
+                    assert 400 <= resp.status_code < 500, (name, path, resp.status_code)
+                    assert len(resp.content) < 10_000, (name, path)
+                    peak = max(peak, rss_kb(cid))
+        finally:
+            stop.set()
+            prober.join(timeout=10)
+        assert peak <= 2 * idle, f"RSS {peak} kB after the worst bodies, idle {idle} kB"
+        assert health and all(code == 200 for code in health), health
+        assert docker("inspect", "-f", "{{.RestartCount}} {{.State.OOMKilled}}", cid) == "0 false"
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_serves_read_only_and_stops_gracefully_under_load(model_image, model_dir):
     cid, base = run(
         model_image, "WEB_CONCURRENCY=2", "SHUTDOWN_DRAIN_SECONDS=2", "GRACEFUL_TIMEOUT=5"
     )
@@ -146,15 +300,18 @@ def test_serves_read_only_and_stops_gracefully_under_load(model_image, reference
     assert docker("exec", cid, "id", "-u") == "1000"
     meta = requests.get(f"{base}/metadata", timeout=5).json()
     assert (meta["model_name"], meta["model_version"]) == ("churn", "7")
-    assert meta["predictor"] == "compiled-linear"
-
-    recs = [record(), record(monthly_charges=None), record(contract="annual", region="east")]
+    assert meta["inference_path"] == "onnx"
+    reference = load_reference(model_dir)
+    recs = [
+        record(),
+        record(**{"monthly_charges (usd)": None}),
+        record(contract="annual", region="east"),
+    ]
     body = requests.post(f"{base}/predict", json=recs, timeout=5).json()
     got = np.array(
         [[p["probabilities"][c] for c in ("churn", "stay")] for p in body["predictions"]]
     )
-    df = frame([{k: (np.nan if v is None else v) for k, v in r.items()} for r in recs])
-    np.testing.assert_allclose(got, reference.predict_proba(df), atol=1e-9)
+    np.testing.assert_allclose(got, reference.predict_proba(frame(recs)), atol=1e-6)
 
     # SIGTERM while clients send requests; they stop once /ready says 503, like a balancer.
     stop = threading.Event()

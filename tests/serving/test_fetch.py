@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 
 from serving.server import build
 from serving.settings import Settings
+from tests.serving.conftest import Client
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_failed_fetch_leaves_the_server_up_and_not_ready(dvc_remote, tmp_path):
     _, _, error = entrypoint(env, tmp_path)
     assert error.startswith("`dvc pull -q model.dvc` failed")
     app, state = build(Settings(fetch_error=error))
-    resp = TestClient(app).get("/ready")
+    resp = Client(app).get("/ready")
     assert resp.status_code == 503 and "model not fetched: `dvc pull" in resp.json()["reason"]
 
     _, _, error = entrypoint({"MODEL_SOURCE": "dvc"}, tmp_path)
@@ -147,4 +147,4 @@ MlflowClient().set_registered_model_alias("churn", "champion", "2")
     assert error == "" and version == "2"
     app, state = build(Settings(model_dir=model_dir_fetched, model_version=version))
     assert state.ready
-    assert TestClient(app).get("/metadata").json()["model_version"] == "2"
+    assert Client(app).get("/metadata").json()["model_version"] == "2"

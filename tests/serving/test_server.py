@@ -1,8 +1,10 @@
 """The real server process (`python -m serving`): pre-forked workers sharing the model and
-their metrics, not-ready on SIGTERM, clean exit."""
+their metrics, not-ready on SIGTERM, clean exit; slow clients cut off by the header and body
+timeouts; a client that leaves mid-body recorded as 499."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,21 +31,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_prefork_workers_share_metrics_and_stop_cleanly(model_dir, tmp_path):
+@contextlib.contextmanager
+def serve(model_dir: Path, compiled: Path, tmp_path: Path, **env: str) -> Iterator[tuple]:
     port = free_port()
-    env = {
+    full = {
         **os.environ,
         "MODEL_DIR": str(model_dir),
-        "WEB_CONCURRENCY": "2",
+        "COMPILED_DIR": str(compiled),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "WEB_CONCURRENCY": "1",
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "SHUTDOWN_DRAIN_SECONDS": "1",
         "TMPDIR": str(tmp_path),
         "PYTHONPATH": str(ROOT),
+        **env,
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    full.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "serving"], env=full, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -55,25 +61,73 @@ def test_prefork_workers_share_metrics_and_stop_cleanly(model_dir, tmp_path):
                 time.sleep(0.1)
         else:
             pytest.fail("server not ready within 60 s")
-        for _ in range(20):  # a new connection each: both workers take some
-            resp = requests.post(f"{base}/predict", json=record(), timeout=5)
-            assert resp.status_code == 200
-        text = requests.get(f"{base}/metrics", timeout=5).text
-        total = re.search(
-            r'conveyor_http_requests_total\{endpoint="/predict",method="POST",status="200"\} (\S+)',
-            text,
-        )
-        assert total and float(total.group(1)) == 20.0, text[:2000]
-        assert "conveyor_model_info{" in text
-
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert requests.get(f"{base}/ready", timeout=2).status_code == 503  # draining
-        assert proc.wait(timeout=30) == 0
+        yield proc, base, port
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    log = proc.stderr.read()
+
+
+PARTIAL_BODY = (
+    b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    b"content-length: 100\r\n\r\n{"
+)
+
+
+def count(base: str, status: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    m = re.search(
+        rf'conveyor_http_requests_total\{{endpoint="/predict",method="POST",'
+        rf'status="{status}"\}} (\S+)',
+        text,
+    )
+    return float(m.group(1)) if m else 0.0
+
+
+def test_prefork_workers_share_metrics_and_stop_cleanly(model_dir, compiled, tmp_path):
+    with serve(
+        model_dir, compiled(model_dir), tmp_path, WEB_CONCURRENCY="2", SHUTDOWN_DRAIN_SECONDS="1"
+    ) as (proc, base, _):
+        for _ in range(20):  # a new connection each: both workers take some
+            assert requests.post(f"{base}/predict", json=record(), timeout=5).status_code == 200
+        assert count(base, "200") == 20.0
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert requests.get(f"{base}/ready", timeout=2).status_code == 503  # draining
+        assert proc.wait(timeout=30) == 0
+        log = proc.stderr.read()
     assert log.count("Started server process") == 2
     assert "reporting not-ready" in log
+
+
+def test_slow_clients_are_cut_off_and_leaving_clients_are_499(model_dir, compiled, tmp_path):
+    with serve(model_dir, compiled(model_dir), tmp_path, HEADER_TIMEOUT="1", BODY_TIMEOUT="1") as (
+        _,
+        base,
+        port,
+    ):
+        idle = socket.create_connection(("127.0.0.1", port))  # sends nothing at all
+        drip = socket.create_connection(("127.0.0.1", port))
+        drip.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+        t0 = time.monotonic()
+        for sock in (idle, drip):
+            sock.settimeout(5)
+            reply = sock.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+            assert sock.recv(4096) == b""  # and closed
+        assert time.monotonic() - t0 < 4
+
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(PARTIAL_BODY)
+        slow.settimeout(5)
+        assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+
+        gone = socket.create_connection(("127.0.0.1", port))
+        gone.sendall(PARTIAL_BODY)
+        time.sleep(0.2)
+        gone.close()
+        time.sleep(0.3)
+        assert requests.get(f"{base}/health", timeout=2).status_code == 200
+        assert count(base, "499") == 1.0 and count(base, "500") == 0.0
+        for sock in (idle, drip, slow):
+            sock.close()

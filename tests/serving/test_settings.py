@@ -28,7 +28,8 @@ def test_defaults_and_overrides():
         ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY='two' is not an integer"),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0 must be >= 1"),
         ({"GRACEFUL_TIMEOUT": "nan"}, "GRACEFUL_TIMEOUT='nan' must be a finite number >= 0"),
-        ({"FAST_PATH": "maybe"}, "FAST_PATH='maybe' must be auto or off"),
+        ({"FAST_PATH": "maybe"}, "FAST_PATH='maybe' must be true or false"),
+        ({"CACHE_DIR": "/app/model/cache"}, "CACHE_DIR=/app/model/cache is inside MODEL_DIR"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):

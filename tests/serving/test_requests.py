@@ -1,0 +1,131 @@
+"""serving.requests: the fast column path accepts exactly what the validators accept, with the
+same values; the value count refuses amplifying bodies before they are parsed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving.requests import RequestError, RequestParser
+from tests.serving.conftest import FEATURES, record
+
+pytestmark = pytest.mark.unit
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e15, -1e15, 1e16, 2.5, 3.0, "monthly", "north", "3", ""]),
+)
+
+
+NUMBERS = st.one_of(st.floats(min_value=-1e16, max_value=1e16), st.integers(-(2**40), 2**40))
+MOSTLY_NUMBERS = st.one_of(NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, VALUES)
+
+
+@pytest.fixture(scope="module")
+def parser(load, model_dir) -> RequestParser:
+    return RequestParser(load(model_dir).spec, max_batch=50, max_errors=3)
+
+
+def slow(parser: RequestParser, records, *, mlflow: bool):
+    if mlflow:
+        records = [{k: None if v != v else v for k, v in r.items()} for r in records]
+    validators = parser.lax if mlflow else parser.strict
+    try:
+        return parser.batch(parser._validate(records, validators, 400)).columns
+    except RequestError:
+        return None
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    overrides=st.lists(
+        st.dictionaries(st.sampled_from(FEATURES), VALUES, max_size=3), min_size=1, max_size=4
+    ),
+    drop=st.sampled_from([None, *FEATURES]),
+    mlflow=st.booleans(),
+)
+def test_fast_path_agrees_with_the_validators(parser, overrides, drop, mlflow):
+    records = [record(**o) for o in overrides]
+    if drop:
+        del records[-1][drop]
+    fast = parser._fast_columns(records, mlflow=mlflow)
+    reference = slow(parser, records, mlflow=mlflow)
+    if fast is None:
+        return  # the validators decide (and say why)
+    assert reference is not None, records
+    for name in FEATURES:
+        got, want = list(fast.columns[name]), list(reference[name])
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert (
+                a == b
+                or (a is None and b is None)
+                or (isinstance(a, float) and math.isnan(a) and b is None)
+            ), (name, a, b)
+
+
+@pytest.fixture(scope="module")
+def tensor_parser(load, tensor_forest_dir) -> RequestParser:
+    return RequestParser(load(tensor_forest_dir).spec, max_batch=50, max_errors=3)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    rows=st.lists(st.lists(MOSTLY_NUMBERS, min_size=9, max_size=11), min_size=1, max_size=4),
+    mlflow=st.booleans(),
+)
+def test_fast_rows_agree_with_the_validators(tensor_parser, rows, mlflow):
+    fast = tensor_parser._fast_rows(rows, mlflow=mlflow)
+    if fast is None:  # declined: only what is not plain full rows of in-range numbers
+        plain = all(len(r) == 10 for r in rows) and all(
+            type(v) in (int, float) and abs(v) <= 1e15 for r in rows for v in r
+        )
+        assert not plain, rows
+        return
+    reference = slow_rows(tensor_parser, rows, mlflow=mlflow)
+    assert reference is not None, rows
+    expected = [[math.nan if v is None else float(v) for v in r] for r in reference]
+    assert fast.rows.tolist() == expected or all(
+        (a == b) or (math.isnan(a) and math.isnan(b))
+        for ra, rb in zip(fast.rows.tolist(), expected, strict=True)
+        for a, b in zip(ra, rb, strict=True)
+    )
+
+
+def slow_rows(parser: RequestParser, rows, *, mlflow: bool):
+    if mlflow:
+        rows = [[None if v != v else v for v in r] for r in rows]
+    try:
+        return parser._validate(rows, parser.lax if mlflow else parser.strict, 400)
+    except RequestError:
+        return None
+
+
+def test_amplifying_bodies_are_refused_before_parsing(parser):
+    limit = parser.max_values
+    with pytest.raises(RequestError, match="too many values") as exc:
+        parser.predict(b"[" + b"{}," * limit + b"{}]")
+    assert exc.value.status == 422
+    # commas inside strings are not values: a body of a few long strings passes the count
+    text = "," * (limit + 10)
+    with pytest.raises(RequestError) as exc:
+        parser.predict(f'[{{"contract": "{text}"}}]'.encode())
+    assert "too many values" not in exc.value.message
