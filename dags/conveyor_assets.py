@@ -21,7 +21,8 @@ and the DAG's tasks read `{{ ti.xcom_pull(task_ids="resolve_trigger")["date"] }}
 an event's `extra` (what the emitting DAGs write):
 
   landing: {"date", "source" (the source URI template, `{date}` left in), "key", "reason"}
-  drift:   {"date", "model_name", "model_version", "psi" {feature: value}, "threshold", "reason"}
+  drift:   {"date", "source" (the newest landed batch's, or ""), "model_name", "model_version",
+            "psi" {feature: value}, "threshold", "reason"}
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def resolve(
     except ValueError:
         raise ValueError(f"run date {date!r} is not YYYY-MM-DD") from None
     source = str(conf.get("source") or "")
-    if not source and newest is not None and kind == "landing":
+    if not source and newest is not None and kind in ("landing", "drift"):
         source = str(newest["extra"].get("source") or "")
     reasons = [str(e["extra"]["reason"]) for e in records if e["extra"].get("reason")]
     reason = (

@@ -49,7 +49,8 @@ with DAG(
     @task(
         inlets=[landing_asset(), drift_asset()],
         outlets=[drift_asset()],
-        doc_md="Drift: emit the drift event (`extra`: date, model, version, PSI, reason). "
+        doc_md="Drift: emit the drift event (`extra`: date and source of the newest landed "
+        "batch, model, version, PSI, reason). "
         "Skipped when there is no drift or this version already asked.",
     )
     def request_retrain(summary: dict) -> dict:
@@ -63,11 +64,15 @@ with DAG(
             raise AirflowSkipException(
                 f"v{version} already asked for a retrain: {summary['reason']}"
             )
+        # The newest landed batch's date and source (retraining can only help with the newest
+        # data), else this run's day with the configured source.
         landed = list(context["inlet_events"][landing].ascending(False).limit(1))
-        date = (landed[0].extra or {}).get("date") if landed else None
+        batch = (landed[0].extra or {}) if landed else {}
+        today = (context.get("logical_date") or context["dag_run"].run_after).date().isoformat()
         result = next(r for r in summary["versions"] if r["model_version"] == version)
         extra = {
-            "date": date or context["ds"],
+            "date": batch.get("date") or today,
+            "source": batch.get("source") or "",
             "model_name": summary["model_name"],
             "model_version": version,
             "psi": result["psi"],

@@ -14,7 +14,9 @@ Prometheus sums the counters over every worker and container and over a time win
 one process's counts.
 
 Self-contained on purpose (prometheus_client, numpy and the standard library only): the server
-creates one `TrafficAggregator` per loaded model and calls `observe(records)` for each request.
+creates one `TrafficAggregator` per loaded model (`from_model_dir`) and counts each request's
+validated input, column by column (`observe_columns`, serving.predictors.Batch.columns) or
+record by record (`observe`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import weakref
 from bisect import bisect_right
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +157,24 @@ class TrafficAggregator:
     def observe(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Count a request's records (a missing feature counts as null)."""
         batch = records if isinstance(records, list) else list(records)
-        if not batch:
+        names = [feature.name for feature in self.features]
+        self.observe_columns({n: [record.get(n) for record in batch] for n in names}, len(batch))
+
+    def observe_columns(self, columns: Mapping[str, Sequence[Any]], size: int) -> None:
+        """Count a batch of `size` records given as one list of values per column (a feature
+        the batch has no column for counts as null in every record)."""
+        if size <= 0:
             return
         for feature in self.features:
-            name = feature.name
-            if len(batch) == 1:
-                feature.children[feature.bin_of(batch[0].get(name))].inc()
-                continue
-            for i, n in feature.counts([record.get(name) for record in batch]).items():
-                feature.children[i].inc(n)
-        self.records.inc(len(batch))
+            values = columns.get(feature.name)
+            if values is None:
+                feature.children[feature.null].inc(size)
+            elif size == 1:
+                feature.children[feature.bin_of(values[0])].inc()
+            else:
+                for i, n in feature.counts(list(values)).items():
+                    feature.children[i].inc(n)
+        self.records.inc(size)
 
     def snapshot(self) -> dict[str, Any]:
         """This process's counts: {"profile", "model_version", "records", "features":

@@ -83,6 +83,13 @@ def test_a_missing_variable_is_named(monkeypatch, tmp_path, missing):
     assert any(missing in str(err) for err in bag.import_errors.values()), bag.import_errors
 
 
+def test_none_leaves_landing_and_monitor_to_runs_started_by_hand(monkeypatch, tmp_path):
+    bag = _bag(monkeypatch, tmp_path, LANDING_SCHEDULE="none", MONITOR_SCHEDULE="none")
+    assert bag.import_errors == {}
+    for dag_id in ("landing", "monitor"):
+        assert type(bag.dags[dag_id].timetable).__name__ == "NullTimetable", dag_id
+
+
 def test_landing_waits_deferred_for_the_dates_key_and_announces(bag):
     from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 
@@ -210,8 +217,15 @@ MIDNIGHT = dt.datetime(2026, 3, 5, tzinfo=dt.UTC)
             "asset_triggered",
             {"date": "2026-03-02", "source": "", "trigger": "drift", "reason": DRIFTED["reason"]},
         ),
+        (  # after a landed batch the drift event names its source: the retrain reads it again
+            {},
+            None,
+            _event(DRIFT_ASSET, {**DRIFTED, "source": LANDED["source"]}, 1),
+            "asset_triggered",
+            {"date": "2026-03-02", "source": LANDED["source"], "trigger": "drift"},
+        ),
     ],
-    ids=["scheduled", "manual", "conf-date", "landing", "drift"],
+    ids=["scheduled", "manual", "conf-date", "landing", "drift", "drift-after-landing"],
 )
 def test_resolve_tells_the_runs_date_source_and_reason(conf, logical, events, run_type, expected):
     result = resolve(conf, logical, events, run_type)

@@ -86,6 +86,28 @@ def test_counts_equal_the_training_side_binning(profile):
     assert snap["features"]["tenure_months"]["null"] >= 1
 
 
+def test_a_column_batch_counts_as_its_records(profile):
+    """`observe_columns` (the server's validated Batch.columns) and `observe` (records) agree,
+    on the one-record and the batch path; a column the batch lacks counts as null."""
+    traffic = demo.generate(dt.date(2026, 3, 9), seed=9, rows=300)
+    traffic.loc[::4, "region"] = "atlantis"
+    traffic.loc[::6, "age"] = None
+    records = _records(traffic)
+    by_record, _ = _aggregator(profile)
+    by_column, _ = _aggregator(profile)
+    for chunk in (records[:1], records[1:]):
+        by_record.observe(chunk)
+        columns = {name: [r[name] for r in chunk] for name in NUMERIC + CATEGORICAL}
+        by_column.observe_columns(columns, len(chunk))
+    assert by_column.snapshot() == by_record.snapshot()
+    without_age = {name: [r[name] for r in records] for name in NUMERIC if name != "age"}
+    by_column.observe_columns(without_age, len(records))
+    snap = by_column.snapshot()
+    assert snap["records"] == 2 * len(records)
+    assert snap["features"]["age"]["null"] == len(range(0, 300, 6)) + len(records)
+    assert sum(snap["features"]["region"].values()) == 2 * len(records)  # all null the 2nd time
+
+
 def test_every_series_exists_from_the_start(profile):
     agg, registry = _aggregator(profile, "7")
     text = generate_latest(registry).decode()
