@@ -261,7 +261,7 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, state):
     run = _wait(
         lambda: monitoring.asset_runs_since(since), LANDING_START_TIMEOUT, "a drift retrain run"
     )[0]
-    print(f"\ndrift: monitor run end -> retrain run created in {time.time() - since:.0f}s")
+    print(f"\ndrift: check triggered -> retrain run created in {time.time() - since:.0f}s")
     done = monitoring.wait_retrain(run)
     assert done["trigger"]["trigger"] == "drift", done["trigger"]
     assert "input drift" in done["trigger"]["reason"] and "input drift" in done["note"]
