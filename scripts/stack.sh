@@ -3,8 +3,9 @@
 # merged after it): `scripts/stack.sh up|down|clean|logs|ps|compose`.
 #   up     create the env file with generated secrets if absent (or add settings it lacks),
 #          start every service, wait until each one
-#          is healthy (a failure names the service and shows its last log lines), trigger the
-#          first `retrain` run once the DAG is listed, print the URLs and where the credentials are
+#          is healthy (a failure names the service and shows its last log lines), unpause the
+#          `landing` and `monitor` DAGs and trigger the first `retrain` run once the DAGs are
+#          listed (once per stack), print the URLs and where the credentials are
 #   down   stop and remove the containers (volumes kept: MLflow runs, Airflow history, S3 data)
 #   clean  down + remove the volumes (everything the stack stored)
 #   logs   follow the logs (`logs SERVICE...` for some)      ps  the services and their health
@@ -99,6 +100,9 @@ show_failure() {
 
 first_run() {
   [ "${FIRST_RUN:-1}" = 1 ] || return 0
+  # The data-aware DAGs run with no one watching: a landed batch and drift start retrain runs.
+  CONVEYOR_ENV_FILE="$ENV_FILE" "$PY" "$ROOT/scripts/airflow_api.py" activate landing monitor \
+    || say "warning: the landing and monitor DAGs could not be unpaused (see above)"
   CONVEYOR_ENV_FILE="$ENV_FILE" "$PY" "$ROOT/scripts/airflow_api.py" first-run retrain \
     --wait "${FIRST_RUN_WAIT:-900}" \
     || say "warning: the first retraining run did not succeed (see above); the stack is up"

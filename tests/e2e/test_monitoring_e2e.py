@@ -20,6 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -113,9 +116,16 @@ class Monitoring:
 
 @pytest.fixture(scope="module")
 def monitoring(test_stack: TestStack, runs: Runs) -> Monitoring:
-    for dag_id in ("landing", "monitor"):  # no clock on the test stack: runs come from tests
-        runs.client.wait_dag(dag_id, timeout=180)
-        runs.client.set_paused(dag_id, False)
+    # What `make up` does once per stack (the test stack starts with FIRST_RUN=0); they have no
+    # clock on the test stack: their runs come from the tests.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/airflow_api.py"), "activate", "landing", "monitor"],
+        env={**os.environ, "CONVEYOR_ENV_FILE": str(test_stack.env_file)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    paused = {d["dag_id"]: d["is_paused"] for d in runs.client.dags()}
+    assert paused["landing"] is False and paused["monitor"] is False, paused
     return Monitoring(test_stack, runs)
 
 
