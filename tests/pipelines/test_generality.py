@@ -386,18 +386,17 @@ def _served_value(prediction: dict[str, Any]) -> float:
 @pytest.mark.parametrize(("table", "family"), CASES)
 def test_the_server_answers_as_the_in_process_model(matrix, table, family):
     import mlflow.sklearn
-    from fastapi.testclient import TestClient
 
     from serving.server import build
     from serving.settings import Settings
+    from tests.helpers.asgi import Client
 
     result = outcome(matrix, table, family)
     X = _holdout(result.repo)
     model = mlflow.sklearn.load_model(str(result.model_dir))
     app, state = build(Settings(model_dir=str(result.model_dir), model_name="generality"))
     assert state.error is None, state.error
-    with TestClient(app) as client:
-        resp = client.post("/predict", json=_records(X))
+    resp = Client(app).post("/predict", _records(X))
     assert resp.status_code == 200, resp.text
     served = resp.json()["predictions"]
     assert len(served) == len(X)

@@ -10,11 +10,9 @@ with `pyfunc_predict_fn="predict_proba"`) and one that skl2onnx cannot convert.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -270,26 +268,3 @@ def frame(records: list[dict[str, Any]]):
     for col in CATEGORICAL:
         df[col] = df[col].astype(object).where(df[col].notna(), np.nan)
     return df
-
-
-class Client:
-    """A synchronous view of httpx's ASGI transport (one event loop per call)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                return await client.request(method, path, **kw)
-
-        return asyncio.run(go())
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, body=None, **kw) -> httpx.Response:
-        if body is not None:
-            kw["json"] = body
-        return self.request("POST", path, **kw)

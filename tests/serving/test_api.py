@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from serving.app import ServingState, create_app
 from serving.settings import Settings
-from tests.serving.conftest import FEATURES, Client, frame, load_reference, record
+from tests.helpers.asgi import Client
+from tests.serving.conftest import FEATURES, frame, load_reference, record
 
 pytestmark = pytest.mark.unit
 

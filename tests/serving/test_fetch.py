@@ -15,7 +15,7 @@ import yaml
 
 from serving.server import build
 from serving.settings import Settings
-from tests.serving.conftest import Client
+from tests.helpers.asgi import Client
 
 pytestmark = pytest.mark.integration
 

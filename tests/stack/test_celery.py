@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,21 +31,11 @@ def test_the_override_puts_every_airflow_service_on_celery(tmp_path):
         if "=" in line and not line.startswith("#")
     )
     settings = {k.strip(): v.strip() or "x" for k, v in pairs}
-    images = {
-        name: f"conveyor/{name.lower()}:test"
-        for name in (
-            "AIRFLOW_IMAGE",
-            "POSTGRES_IMAGE",
-            "MLFLOW_IMAGE",
-            "S3_IMAGE",
-            "SOCKET_PROXY_IMAGE",
-            "REDIS_IMAGE",
-            "TRAIN_IMAGE",
-            "SERVING_IMAGE",
-            "GATEWAY_IMAGE",
-            "RELEASE_IMAGE",
-        )
-    }
+    # Every image variable the build knows (scripts/build-images.sh's table) and the bases.
+    table = (ROOT / "scripts" / "build-images.sh").read_text()
+    names = re.findall(r'^  "[\w-]+\|[^|]+\|(\w+)"$', table, flags=re.M)
+    names += ["PYTHON_IMAGE", "POSTGRES_IMAGE", "DEBIAN_IMAGE"]
+    images = {name: f"conveyor/{name.lower()}:test" for name in names}
     secrets = {**settings, "REDIS_PASSWORD": "x", "CONVEYOR_HOST_PROJECT_DIR": str(ROOT)}
     proc = subprocess.run(
         [
