@@ -2,12 +2,13 @@
 
 `python healthcheck.py [component]` exits 0 when healthy, 1 otherwise (one line on stdout).
 Without an argument the component is read from PID 1's command line, so one image HEALTHCHECK
-serves the api-server, the scheduler and the dag-processor:
+serves the api-server, the scheduler, the dag-processor and the triggerer:
 
 - api-server:    GET /api/v2/monitor/health answers 200 and the metadatabase is healthy.
 - scheduler:     GET :8974/health answers 200 (AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=true).
-- dag-processor: its DagProcessorJob row for this host heartbeated recently. One SQL query
-  (~0.05 s) instead of `airflow jobs check`, which imports Airflow and costs ~4 s of CPU per call.
+- dag-processor, triggerer: its DagProcessorJob / TriggererJob row for this host heartbeated
+  recently. One SQL query (~0.05 s) instead of `airflow jobs check`, which imports Airflow and
+  costs ~4 s of CPU per call.
 - anything else (the one-shot airflow-init): healthy.
 """
 
@@ -21,7 +22,7 @@ import urllib.request
 from urllib.parse import unquote, urlsplit
 
 HEARTBEAT_MAX_AGE_S = int(os.environ.get("CONVEYOR_HEARTBEAT_MAX_AGE", "90"))
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def component_of_pid1() -> str:
@@ -55,6 +56,14 @@ def check_scheduler() -> tuple[bool, str]:
 
 
 def check_dag_processor() -> tuple[bool, str]:
+    return check_job_heartbeat("DagProcessorJob")
+
+
+def check_triggerer() -> tuple[bool, str]:
+    return check_job_heartbeat("TriggererJob")
+
+
+def check_job_heartbeat(job_type: str) -> tuple[bool, str]:
     import psycopg2  # the Postgres provider's driver, in the image's venv
 
     url = urlsplit(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -71,14 +80,14 @@ def check_dag_processor() -> tuple[bool, str]:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT extract(epoch FROM now() - max(latest_heartbeat)) FROM job "
-                "WHERE job_type = 'DagProcessorJob' AND state = 'running' AND hostname = ANY(%s)",
-                (hosts,),
+                "WHERE job_type = %s AND state = 'running' AND hostname = ANY(%s)",
+                (job_type, hosts),
             )
             (age,) = cur.fetchone()
     finally:
         conn.close()
     if age is None:
-        return False, f"no running DagProcessorJob for {hosts}"
+        return False, f"no running {job_type} for {hosts}"
     return age <= HEARTBEAT_MAX_AGE_S, f"last heartbeat {age:.0f}s ago"
 
 
@@ -88,6 +97,7 @@ def main(argv: list[str]) -> int:
         "api-server": check_api_server,
         "scheduler": check_scheduler,
         "dag-processor": check_dag_processor,
+        "triggerer": check_triggerer,
     }
     if component not in checks:
         print(f"healthy: nothing to probe for {component or 'this command'}")

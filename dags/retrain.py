@@ -9,6 +9,7 @@ import os
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
+from conveyor_assets import resolve_trigger_task, retrain_schedule
 from conveyor_operator import (
     EXIT_QUARANTINED,
     GATEWAY_DIR,
@@ -19,6 +20,7 @@ from conveyor_operator import (
     setting,
     workspace_mount,
 )
+from conveyor_summary import summarize_task
 
 SCHEDULE = setting("RETRAIN_SCHEDULE")
 MODEL_DOCKERFILE = "serving/model.Dockerfile"  # the serving part's recipe for a baked model
@@ -35,16 +37,18 @@ TARGET_ENV = (
     "SERVING_MAX_REPLICAS",
 )
 
-# Every ML task first gives the workspace this run's params (image defaults + overrides).
+# Every ML task first gives the workspace this run's params (image defaults + overrides). The
+# date and source come from resolve_trigger: an asset-triggered run has no logical date.
+TRIGGER = "ti.xcom_pull(task_ids='resolve_trigger')"
 RUN = [
     "python",
     "-m",
     "pipelines.workspace",
     "run",
     "--date",
-    "{{ ds }}",
+    f"{{{{ {TRIGGER}['date'] }}}}",
     "--source",
-    "{{ params.source }}",
+    f"{{{{ {TRIGGER}['source'] }}}}",
     "--train-json",
     "{{ params.train | tojson }}",
     "--min-improvement",
@@ -54,12 +58,15 @@ RUN = [
 DAG_DOC = """
 # retrain
 
-Takes the batch of the run's **logical date** from the configured source to a served model.
-Every step runs in the training image (`TRAIN_IMAGE`) as a DockerOperator task on the shared
-workspace volume; the task log shows the container's output.
+Takes the batch of the run's date from the configured source to a served model. Runs come from
+the clock (`RETRAIN_SCHEDULE`), by hand, from a batch landing in the landing bucket (DAG
+`landing`) or from input drift (DAG `monitor`). Every step runs in the training image
+(`TRAIN_IMAGE`) as a DockerOperator task on the shared workspace volume; the task log shows the
+container's output.
 
 | step | what it does |
 |---|---|
+| `resolve_trigger` | date, source, reason: conf, logical date, or the landing/drift event |
 | `prepare_workspace` | DVC project on the volume, pipeline definition from the image, S3 remote |
 | `ingest` | the date's batch into `data/landing/` (`dvc repro ingest`) |
 | `validate` | checks the batch; a bad one is **quarantined** and the rest of the run is skipped |
@@ -69,6 +76,7 @@ workspace volume; the task log shows the container's output.
 | `decide_deploy` | promoted, or `force_deploy` / `deploy_image` set → build and deploy |
 | `build_serving_image` | serving image with the model baked in, tagged with the model version |
 | `deploy` | rollout on `DEPLOY_TARGET` (compose swap, Swarm update); never ready: old serves on |
+| `summarize` | run note: reason, model version, gate and both scores, deployed or kept, MLflow |
 
 **Params** (UI "Trigger DAG w/ config", REST `conf`, `make retrain DATE=... CONF='{...}'`):
 `force_deploy`, `source` (e.g. `s3://landing/daily/{date}.csv`), `train` (overrides of the
@@ -79,7 +87,8 @@ workspace volume; the task log shows the container's output.
 with DAG(
     dag_id="retrain",
     description="Ingest, validate, train, register and deploy the day's model",
-    schedule=None if SCHEDULE.lower() in ("", "none", "manual") else SCHEDULE,
+    # RETRAIN_SCHEDULE, or a batch landing (DAG `landing`), or input drift (DAG `monitor`).
+    schedule=retrain_schedule(SCHEDULE),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -127,7 +136,7 @@ with DAG(
     ingest = ConveyorDockerOperator(
         task_id="ingest",
         command=[*RUN, "--", "dvc", "repro", "--force", "--single-item", "ingest"],
-        doc_md="Read the batch of the logical date from the source into `data/landing/` "
+        doc_md="Read the batch of the run's date from the source into `data/landing/` "
         "(forced: the source may have changed). Idempotent: the same date replaces its "
         "rows; unchanged data changes no hash downstream.",
     )
@@ -256,6 +265,8 @@ with DAG(
         "target, image, model version, changed (false: that image was already live).",
     )
 
-    prepare >> ingest >> validate >> train >> evaluate >> dvc_push >> register
+    trigger = resolve_trigger_task()
+    trigger >> prepare >> ingest >> validate >> train >> evaluate >> dvc_push >> register
     decide_deploy(register.output) >> [build, keep]
     build >> deploy
+    [deploy, keep] >> summarize_task()

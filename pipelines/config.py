@@ -132,6 +132,16 @@ class RegisterParams(Section):
     on_schema_change: Literal["promote", "keep"]
 
 
+class MonitorParams(Section):
+    """The reference profile's resolution (train) and the drift verdict (pipelines/monitor.py)."""
+
+    bins: int = Field(ge=2, le=100)
+    max_categories: int = Field(ge=1, le=1000)
+    psi_threshold: float = Field(gt=0)
+    min_samples: int = Field(ge=1)
+    window: str = Field(pattern=r"^[1-9][0-9]*[smhd]$")  # a Prometheus range, e.g. 1h
+
+
 class Params(Section):
     ingest: IngestParams
     schema_: SchemaParams = Field(alias="schema")  # `schema` is a BaseModel attribute
@@ -139,6 +149,7 @@ class Params(Section):
     split: SplitParams
     train: TrainParams
     register_: RegisterParams = Field(alias="register")  # and `register` one of its class's
+    monitor: MonitorParams
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

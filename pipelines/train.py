@@ -7,7 +7,9 @@ lineage tags: git commit, DVC data hash, container image) and the same model is 
 models/model/ (MLflow sklearn format, skops). The MLmodel `metadata` holds what the server and
 the gate need: task, target, classes (classification, in the estimator's order), features,
 the model's schema fingerprint, lineage and params. models/train_run.json hands the run on to
-evaluate and register.
+evaluate and register. The reference profile of the training features (pipelines/profile.py:
+the bins the server counts traffic in, the drift monitor's baseline) is stored beside the
+model: `reference_profile.json` in models/model/ and among the logged model's files.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pipelines.data import (
     target,
 )
 from pipelines.estimators import build_pipeline, class_path, make_estimator
+from pipelines.profile import log_profile, save_profile, training_profile
 from pipelines.scoring import score
 
 if TYPE_CHECKING:
@@ -145,6 +148,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         "image": tracking.container_image(),
     }
     metadata = model_metadata(params, task, pipeline, lineage)
+    profile = training_profile(X, params)
     model_files = {  # the same model to MLflow and to models/model/
         "signature": signature(X, params, pipeline.predict(X.head(5))),
         "input_example": X.head(5),
@@ -174,9 +178,11 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             }
         )
         info = mlflow.sklearn.log_model(pipeline, name="model", **model_files)
+        log_profile(profile, info.model_id)
 
     def save(tmp: Path) -> None:
         mlflow.sklearn.save_model(pipeline, str(tmp), **model_files)
+        save_profile(profile, tmp)
 
     replace_dir(root / MODEL_DIR, save)
     handoff = {

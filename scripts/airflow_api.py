@@ -5,6 +5,7 @@
     python scripts/airflow_api.py trigger retrain [--date YYYY-MM-DD] [--conf JSON] [--wait S]
     python scripts/airflow_api.py wait-dag retrain [--timeout S]
     python scripts/airflow_api.py first-run retrain [--wait S]   # make up: once, if no run yet
+    python scripts/airflow_api.py activate landing monitor      # make up: unpause, once
 
 `trigger` refuses, in one line and before any run is created, a malformed or future logical
 date (Airflow 3.3 accepts a future one and leaves the run `running` until that day) and a conf
@@ -274,6 +275,18 @@ def first_run(client: AirflowClient, dag_id: str, wait: float) -> int:
     return 0 if run["state"] == "success" else 1
 
 
+def activate(client: AirflowClient, dag_ids: list[str], timeout: float = 120) -> int:
+    """Once per stack: unpause each DAG that has never run (DAGs are paused when created; one
+    paused by hand after its first run stays paused)."""
+    for dag_id in dag_ids:
+        client.wait_dag(dag_id, timeout=timeout)
+        if client.dag_runs(dag_id, limit=1):
+            continue
+        client.set_paused(dag_id, False)
+        print(f"activate: {dag_id} unpaused", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -290,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("first-run")
     f.add_argument("dag_id")
     f.add_argument("--wait", type=float, default=0, help="seconds to wait for the run's end")
+    a = sub.add_parser("activate")
+    a.add_argument("dag_ids", nargs="+")
     args = parser.parse_args(argv)
 
     try:
@@ -314,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "first-run":
             return first_run(client, args.dag_id, args.wait)
+        if args.cmd == "activate":
+            return activate(client, args.dag_ids)
     except BadTrigger as exc:
         print(f"airflow_api: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,9 @@ IMAGES=(
   "registry|docker/registry/Dockerfile|REGISTRY_IMAGE"
   "swarm-gateway|docker/swarm-gateway/Dockerfile|SWARM_GATEWAY_IMAGE"
   "redis|docker/redis/Dockerfile|REDIS_IMAGE"
+  "prometheus|docker/prometheus/Dockerfile|PROMETHEUS_IMAGE"
+  "alertmanager|docker/alertmanager/Dockerfile|ALERTMANAGER_IMAGE"
+  "exporters|docker/exporters/Dockerfile|EXPORTERS_IMAGE"
 )
 
 say() { echo "build-images: $*" >&2; }

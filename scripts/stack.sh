@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The Compose stack (airflow/docker-compose.yaml): `scripts/stack.sh up|down|clean|logs|ps|compose`.
+# The Compose stack (airflow/docker-compose.yaml, with airflow/compose.monitoring.yaml always
+# merged after it): `scripts/stack.sh up|down|clean|logs|ps|compose`.
 #   up     create the env file with generated secrets if absent (or add settings it lacks),
 #          start every service, wait until each one
-#          is healthy (a failure names the service and shows its last log lines), trigger the
-#          first `retrain` run once the DAG is listed, print the URLs and where the credentials are
+#          is healthy (a failure names the service and shows its last log lines), unpause the
+#          `landing` and `monitor` DAGs and trigger the first `retrain` run once the DAGs are
+#          listed (once per stack), print the URLs and where the credentials are
 #   down   stop and remove the containers (volumes kept: MLflow runs, Airflow history, S3 data)
 #   clean  down + remove the volumes (everything the stack stored)
 #   logs   follow the logs (`logs SERVICE...` for some)      ps  the services and their health
@@ -20,6 +22,7 @@ ROOT=$PWD
 COMPOSE_BIN="${COMPOSE:-$ROOT/.venv/bin/docker-compose}"
 DOCKER="${DOCKER:-/usr/bin/docker}"
 COMPOSE_FILE="$ROOT/airflow/docker-compose.yaml"
+MONITORING_FILE="$ROOT/airflow/compose.monitoring.yaml"
 UP_TIMEOUT="${UP_TIMEOUT:-600}"
 # Which stack: the user's (.env) unless CONVEYOR_ENV_FILE names another one's env file;
 # CONVEYOR_STACK is the name prefix a new env file gets (scripts/stack_env.py --stack).
@@ -63,7 +66,7 @@ compose() {
   for f in "$ROOT/.build/base-images.env" "$ROOT/.build/images.env" "$ENV_FILE"; do
     [ -f "$f" ] && files+=(--env-file "$f")
   done
-  "$COMPOSE_BIN" -f "$COMPOSE_FILE" "${files[@]}" "$@"
+  "$COMPOSE_BIN" -f "$COMPOSE_FILE" -f "$MONITORING_FILE" "${files[@]}" "$@"
 }
 
 prepare_env() {
@@ -97,6 +100,9 @@ show_failure() {
 
 first_run() {
   [ "${FIRST_RUN:-1}" = 1 ] || return 0
+  # The data-aware DAGs run with no one watching: a landed batch and drift start retrain runs.
+  CONVEYOR_ENV_FILE="$ENV_FILE" "$PY" "$ROOT/scripts/airflow_api.py" activate landing monitor \
+    || say "warning: the landing and monitor DAGs could not be unpaused (see above)"
   CONVEYOR_ENV_FILE="$ENV_FILE" "$PY" "$ROOT/scripts/airflow_api.py" first-run retrain \
     --wait "${FIRST_RUN_WAIT:-900}" \
     || say "warning: the first retraining run did not succeed (see above); the stack is up"
@@ -110,6 +116,8 @@ print_summary() {
 Conveyor stack '$(env_value COMPOSE_PROJECT_NAME)' is up.
   Airflow      http://$bind:$(env_value AIRFLOW_PORT)   user $(env_value AIRFLOW_ADMIN_USER), password: AIRFLOW_ADMIN_PASSWORD in $ENV_FILE
   MLflow       http://$bind:$(env_value MLFLOW_PORT)   (no login)
+  Prometheus   http://$bind:$(env_value PROMETHEUS_PORT)   (targets, alerts; no login)
+  Alertmanager http://$bind:$(env_value ALERTMANAGER_PORT)   (alerts received; no login)
   S3           http://$bind:$(env_value S3_PORT)   keys: S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY in $ENV_FILE
 $serving_line
 Commands: make ps | make logs | make retrain DATE=YYYY-MM-DD | make down (keeps data) | make clean (deletes it)

@@ -40,6 +40,8 @@ SECRETS = {
     "POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(24),
     "AIRFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
     "MLFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
+    "AIRFLOW_METRICS_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
+    "AIRFLOW_NOTES_PASSWORD": lambda: secrets.token_urlsafe(18),
     # S3 keys: letters and digits only (safe in URLs, JSON and config files).
     "S3_ACCESS_KEY_ID": lambda: "CONVEYOR" + secrets.token_hex(6).upper(),
     "S3_SECRET_ACCESS_KEY": lambda: secrets.token_hex(20),

@@ -22,42 +22,19 @@ pytest.importorskip(
 from airflow.dag_processing.dagbag import BundleDagBag  # noqa: E402
 from airflow.providers.docker.operators.docker import DockerOperator  # noqa: E402
 
+from tests.dags.conftest import STACK_ENV  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 TRAIN_IMAGE = "conveyor/train:0123456789ab"
 RELEASE_IMAGE = "conveyor/release:0123456789ab"
 
 
-def _example_settings() -> dict[str, str]:
-    """What Compose gives the Airflow containers: .env.example's defaults (the one place that
-    names them), the images, the checkout's host path, the proxy as DOCKER_HOST."""
-    pairs = (
-        line.split("=", 1)
-        for line in (ROOT / ".env.example").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    example = {k.strip(): v.strip() for k, v in pairs}
-    env = {k: v for k, v in example.items() if k.startswith("CONVEYOR_")}
-    return {
-        **env,
-        "RETRAIN_SCHEDULE": example["RETRAIN_SCHEDULE"],
-        "DOCKER_HOST": example["CONVEYOR_DOCKER_HOST"],
-        "TRAIN_IMAGE": TRAIN_IMAGE,
-        "RELEASE_IMAGE": RELEASE_IMAGE,
-        "SERVING_IMAGE": "conveyor/serving:0123456789ab",
-        "SERVING_SKLEARN_IMAGE": "conveyor/serving-sklearn:0123456789ab",
-        # The release settings (release/README.md lists them for .env.example).
-        "CONVEYOR_EXECUTION": "docker",
-        "DEPLOY_TARGET": "compose",
-        "SERVING_MEMORY_MB": "1024",
-        "SERVING_CPUS": "1.0",
-        "CONVEYOR_HOST_PROJECT_DIR": "/srv/conveyor",
-    }
-
-
-SETTINGS = _example_settings()
+# What Compose gives the Airflow containers (tests/dags/conftest.py renders it from .env.example).
+SETTINGS = {**STACK_ENV, "TRAIN_IMAGE": TRAIN_IMAGE, "RELEASE_IMAGE": RELEASE_IMAGE}
 
 EDGES = {
+    "resolve_trigger": {"prepare_workspace"},
     "prepare_workspace": {"ingest"},
     "ingest": {"validate"},
     "validate": {"train"},
@@ -67,8 +44,9 @@ EDGES = {
     "register": {"decide_deploy"},
     "decide_deploy": {"build_serving_image", "keep_current_model"},
     "build_serving_image": {"deploy"},
-    "deploy": set(),
-    "keep_current_model": set(),
+    "deploy": {"summarize"},
+    "keep_current_model": {"summarize"},
+    "summarize": set(),
 }
 
 
@@ -94,9 +72,9 @@ def dag(bag):
     return bag.dags["retrain"]
 
 
-def test_dagbag_has_no_import_errors_and_only_the_retrain_dag(bag):
+def test_dagbag_has_no_import_errors_and_the_three_dags(bag):
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["retrain"]
+    assert sorted(bag.dags) == ["landing", "monitor", "retrain"]  # data-aware DAGs: issue 14
 
 
 @pytest.mark.parametrize("missing", ["CONVEYOR_TASK_NETWORK", "DOCKER_HOST", "TRAIN_IMAGE"])
@@ -113,7 +91,13 @@ def test_task_graph(dag):
 def test_run_policy_and_params(dag):
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert dag.schedule == "@daily"
+    # the clock OR a landing/drift asset event (dags/conveyor_assets.py)
+    assert type(dag.schedule).__name__ == "AssetOrTimeSchedule"
+    assert dag.schedule.timetable.expression == "0 0 * * *"  # @daily
+    assert {a.name for a in dag.schedule.asset_condition.objects} == {
+        "conveyor-landing-batch",
+        "conveyor-input-drift",
+    }
     assert set(dag.params) == {
         "force_deploy",
         "source",
@@ -129,14 +113,15 @@ def test_run_policy_and_params(dag):
 
 def test_schedule_is_configurable(monkeypatch, tmp_path):
     dag = _load(monkeypatch, tmp_path, RETRAIN_SCHEDULE="0 3 * * *").dags["retrain"]
-    assert dag.schedule == "0 3 * * *"
+    assert dag.schedule.timetable.expression == "0 3 * * *"
     dag = _load(monkeypatch, tmp_path, RETRAIN_SCHEDULE="none").dags["retrain"]
-    assert dag.schedule is None
+    assert type(dag.schedule).__name__ == "AssetAny"  # no clock: data and drift only
 
 
 def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
     docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
-    assert {t.task_id for t in docker_tasks} == set(EDGES) - {"decide_deploy", "keep_current_model"}
+    python_tasks = {"resolve_trigger", "decide_deploy", "keep_current_model", "summarize"}
+    assert {t.task_id for t in docker_tasks} == set(EDGES) - python_tasks
     for t in docker_tasks:
         # deploy runs release code (release/), everything else the ML stages.
         image = RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE
@@ -156,7 +141,7 @@ def test_validate_skips_on_quarantine_and_deploy_sees_the_gateway(dag):
     deploy = dag.get_task("deploy")
     targets = {m["Target"]: m["Source"] for m in deploy.mounts}
     assert targets["/gateway"] == SETTINGS["CONVEYOR_GATEWAY_VOLUME"]
-    assert deploy.environment["DOCKER_HOST"] == SETTINGS["CONVEYOR_DOCKER_HOST"]
+    assert deploy.environment["DOCKER_HOST"] == SETTINGS["DOCKER_HOST"]
     assert deploy.network_mode == SETTINGS["CONVEYOR_SERVING_NETWORK"]
     assert deploy.environment["GATEWAY_CONTAINER"] == SETTINGS["CONVEYOR_GATEWAY_CONTAINER"]
     assert dag.get_task("register").do_xcom_push is True
@@ -184,8 +169,15 @@ def test_branch_deploys_only_a_promoted_or_forced_model(dag, registration, param
 
 def test_commands_render_with_the_runs_params(dag):
     ingest = dag.get_task("ingest")
+
+    class TI:  # resolve_trigger's XCom: the run's date and source
+        @staticmethod
+        def xcom_pull(task_ids):
+            assert task_ids == "resolve_trigger"
+            return {"date": "2026-01-02", "source": "s3://landing/{date}.csv"}
+
     context = {
-        "ds": "2026-01-02",
+        "ti": TI(),
         "params": {
             "source": "s3://landing/{date}.csv",
             "train": {"estimator": "random_forest"},

@@ -3,8 +3,9 @@
 It has its own env file, `.build/<stack>.env` with `<stack>` = $CONVEYOR_TEST_STACK or
 `conveyor-test`: every Docker name (Compose project, networks, volumes, containers, baked model
 images) starts with `<stack>` instead of `conveyor`, its ports are free ones, its secrets its
-own. The user's `.env` is never read, and nothing named after it is touched. Its DAG has no
-schedule (`RETRAIN_SCHEDULE=none`): every run is one a test triggered.
+own. The user's `.env` is never read, and nothing named after it is touched. Its DAGs have no
+clock (`RETRAIN_SCHEDULE`, `LANDING_SCHEDULE`, `MONITOR_SCHEDULE` are `none`): every run is one a
+test triggered, or one an asset event of a test's run started.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class TestStack:
         self.__dict__.pop("env", None)
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "stack_env.py"), "create", "--out",
-             str(self.env_file), "--stack", self.name, "--set", "RETRAIN_SCHEDULE=none"],
+             str(self.env_file), "--stack", self.name, "--set", "RETRAIN_SCHEDULE=none",
+             "--set", "LANDING_SCHEDULE=none", "--set", "MONITOR_SCHEDULE=none"],
             check=True, timeout=60,
         )  # fmt: skip
         proc = self.script("up")

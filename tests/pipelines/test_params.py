@@ -123,6 +123,11 @@ def test_an_import_path_estimator_gets_its_hyperparameters_through_quoted_keys(p
         ("schema.numeric_features=[]", "validation.ranges.tenure_months: not one of"),
         ("schema.id_column=null", None),  # null is a value: no id column
         ("train.random_state=x", "train.random_state: Input should be a valid integer"),
+        ("monitor.psi_threshold=0", "monitor.psi_threshold: Input should be greater than 0"),
+        ("monitor.bins=1", "monitor.bins: Input should be greater than or equal to 2"),
+        ("monitor.window=an hour", "monitor.window: String should match pattern"),
+        ("monitor.min_samples=many", "monitor.min_samples: Input should be a valid integer"),
+        ("monitor.surprise=1", "monitor.surprise: unknown key"),
     ],
 )
 def test_bad_values_are_refused_in_one_line_and_the_file_is_unchanged(
@@ -147,6 +152,7 @@ def test_bad_values_are_refused_in_one_line_and_the_file_is_unchanged(
         (lambda raw: raw["train"].update(classifier="random_forest"), "train.classifier: unknown"),
         (lambda raw: raw["validation"].update(min_rows="100 rows"), "validation.min_rows:"),
         (lambda raw: raw.pop("register"), "register: missing"),
+        (lambda raw: raw.pop("monitor"), "monitor: missing"),
         (
             lambda raw: raw["schema"].update(numeric_features=[], categorical_features=[]),
             "schema lists no numeric_features and no categorical_features",

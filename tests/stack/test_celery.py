@@ -62,6 +62,7 @@ def test_the_override_puts_every_airflow_service_on_celery(tmp_path):
         "airflow-api-server",
         "airflow-scheduler",
         "airflow-dag-processor",
+        "airflow-triggerer",
         *WORKERS,
     }
     for name, service in airflow.items():

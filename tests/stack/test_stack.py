@@ -30,12 +30,21 @@ SERVICES = {
     "airflow-api-server",
     "airflow-scheduler",
     "airflow-dag-processor",
+    "airflow-triggerer",
     "mlflow",
     "s3",
     "docker-socket-proxy",
     "serving",
     "gateway",
+    # airflow/compose.monitoring.yaml
+    "prometheus",
+    "alertmanager",
+    "pushgateway",
+    "airflow-metrics-role",
+    "airflow-exporter",
+    "docker-sd-proxy",
 }
+ONE_SHOT = {"airflow-init", "airflow-metrics-role"}
 
 
 def services(stack) -> dict[str, dict]:
@@ -49,7 +58,7 @@ def services(stack) -> dict[str, dict]:
 def not_healthy(rows: dict[str, dict]) -> dict[str, str]:
     bad = {}
     for name, row in rows.items():
-        if name == "airflow-init":
+        if name in ONE_SHOT:
             if not (row["State"] == "exited" and row.get("ExitCode") == 0):
                 bad[name] = f"{row['State']} exit {row.get('ExitCode')}"
         elif not (row["State"] == "running" and row.get("Health") in ("healthy", "")):
@@ -86,7 +95,15 @@ def test_every_service_is_healthy(test_stack):
     }
     assert {url for url, _ in published} == {"127.0.0.1"}
     ports = {
-        int(test_stack.env[k]) for k in ("AIRFLOW_PORT", "MLFLOW_PORT", "S3_PORT", "SERVING_PORT")
+        int(test_stack.env[k])
+        for k in (
+            "AIRFLOW_PORT",
+            "MLFLOW_PORT",
+            "S3_PORT",
+            "SERVING_PORT",
+            "PROMETHEUS_PORT",
+            "ALERTMANAGER_PORT",
+        )
     }
     assert {port for _, port in published} == ports
     # Its own names: nothing of the stack is called like the user's (default) stack.
