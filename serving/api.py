@@ -30,6 +30,7 @@ from serving.model import LoadedModel
 from serving.predictors import Batch, Output
 from serving.requests import RequestError, RequestParser
 from serving.settings import Settings
+from serving.traffic import TrafficAggregator
 
 log = logging.getLogger("serving.api")
 
@@ -80,8 +81,10 @@ class ServingAPI:
         metrics: Metrics,
         parser: RequestParser | None,
         openapi: dict[str, Any],
+        traffic: TrafficAggregator | None = None,
     ) -> None:
         self.settings = settings
+        self.traffic = traffic
         self.state = state
         self.metrics = metrics
         self.parser = parser
@@ -171,10 +174,18 @@ class ServingAPI:
         return ctype, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- prediction -----------------------------------------------------------------------
+    def observe_traffic(self, batch: Batch) -> None:
+        """Count a validated batch into the profile's bins (column batches only: a tensor
+        signature has no feature names to match the profile's)."""
+        if self.traffic is not None and batch.columns is not None:
+            self.traffic.observe_columns(batch.columns, batch.size)
+
     def score(self, batch: Batch) -> Output:
-        """Unknown categories counted (and refused with the setting), then the prediction."""
+        """Traffic counted for drift, unknown categories counted (and refused with the setting),
+        then the prediction. Refused values are counted too: they are what clients send."""
         model = self.state.model
         assert model is not None
+        self.observe_traffic(batch)
         errors = []
         for name, known, refuse in self.categorical:
             positions = [
@@ -314,6 +325,7 @@ class ServingAPI:
         assert model is not None
         fn = model.spec.predict_fn
         if fn not in ("predict", "predict_proba", "predict_log_proba"):
+            self.observe_traffic(batch)
             try:
                 result = model.predictor.call(batch, fn)
             except (ValueError, TypeError) as exc:

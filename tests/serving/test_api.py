@@ -268,3 +268,40 @@ def test_no_model_is_503_and_not_ready():
     resp = api.post("/invocations", {"dataframe_records": [record()]})
     assert resp.status_code == 503 and resp.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
     assert api.get("/health").status_code == 200 and api.get("/ping").status_code == 503
+
+
+# -- drift input: what the server sees, in the reference profile's bins ----------------------------
+def test_served_values_are_counted_in_the_profile_bins(make_client, model_dir, tmp_path):
+    """The hook the drift monitor reads: every validated record of /predict and /invocations is
+    counted per feature into the bins of the model's reference_profile.json (unknown
+    categories as `other`, nulls as `null`); a model without a profile exports no counts."""
+    import shutil
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pipelines.config import MonitorParams
+    from pipelines.profile import build_profile, save_profile
+    from tests.serving.conftest import CATEGORICAL, NUMERIC, synthetic_frame
+
+    assert "conveyor_traffic_records_total" not in make_client(model_dir).get("/metrics").text
+    profiled = tmp_path / "model"
+    shutil.copytree(model_dir, profiled)
+    cfg = MonitorParams(bins=4, max_categories=10, psi_threshold=0.2, min_samples=1, window="1h")
+    save_profile(build_profile(synthetic_frame()[0], NUMERIC, CATEGORICAL, cfg), profiled)
+    api = make_client(profiled)
+    assert api.post("/predict", [record(), record(region="moon", contract=None)]).status_code == 200
+    split = {"columns": FEATURES, "data": [list(record().values())]}
+    assert api.post("/invocations", {"dataframe_split": split}).status_code == 200
+
+    samples = {
+        (s.name, s.labels.get("feature"), s.labels.get("bin")): s.value
+        for family in text_string_to_metric_families(api.get("/metrics").text)
+        for s in family.samples
+        if s.name.startswith("conveyor_")
+    }
+    assert samples[("conveyor_traffic_records_total", None, None)] == 3
+    assert samples[("conveyor_feature_values_total", "region", "c:north")] == 2
+    assert samples[("conveyor_feature_values_total", "region", "other")] == 1
+    assert samples[("conveyor_feature_values_total", "contract", "null")] == 1
+    numeric = [v for (n, f, _), v in samples.items() if f == "support_calls"]
+    assert sum(numeric) == 3
