@@ -30,6 +30,10 @@ EXIT_QUARANTINED = 3
 
 DEFAULT_PARAMS = "params.yaml"
 
+# Rows a stage reads, checks and writes at a time when it streams a batch (ingest, validate):
+# what bounds their memory whatever the size of the batch (~50 MB a chunk of the demo's rows).
+CHUNK_ROWS = 100_000
+
 # Workspace layout, relative to the project root (the directory holding params.yaml).
 LANDING_DIR = Path("data/landing")  # ingest output: the batch of one logical date
 DATASET_DIR = Path("data/dataset")  # validated, versioned: <schema fingerprint>/<date>.parquet
@@ -79,18 +83,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_parquet(path: Path, frame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def replace_dir(target: Path, build: Callable[[Path], None]) -> None:

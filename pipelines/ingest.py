@@ -15,19 +15,30 @@ Sources (`ingest.source` in params.yaml; `{date}` / `{date:%Y/%m/%d}` is filled 
   - a local CSV/Parquet file, directory or glob;
   - `s3://bucket/prefix/...` (file, prefix or glob) on any S3-compatible store: credentials from
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint from AWS_ENDPOINT_URL.
+
+Files are streamed, never read whole: a batch of any size lands in memory bounded by CHUNK_ROWS.
+A first pass reads each file chunk by chunk to settle every column's type over the whole batch
+(as one `read_csv` of it would: integers with a blank anywhere become floats, a column mixing
+kinds — CSV text and Parquet timestamps, a number column with a word — becomes text, kept as
+written); the second pass writes the chunks in those types to data/landing/batch.parquet, one
+row group per chunk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines import demo
 from pipelines.common import (
+    CHUNK_ROWS,
     LANDING_DIR,
     PipelineError,
     atomic_write_json,
@@ -73,60 +84,155 @@ def _list_files(uri: str) -> tuple[Any, list[str]]:
     return fs, files
 
 
-def read_source(source: str, date: dt.date, params: Params) -> pd.DataFrame:
-    """Read the batch of `date` from `source` (see the module docstring)."""
+# ----------------------------------------------------------------------------- column types
+def _chunk_types(chunk: pd.DataFrame) -> dict[str, pa.DataType]:
+    """Each column's Arrow type in this chunk; null for a column with no value in it (it takes
+    the type the other chunks give the column)."""
+    types = {}
+    for col in chunk.columns:
+        series = chunk[col]
+        if series.isna().all():
+            types[col] = pa.null()
+            continue
+        try:
+            types[col] = pa.array(series, from_pandas=True).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # Python objects of several kinds
+            types[col] = pa.string()
+    return types
+
+
+def _widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The one type of a column seen as `a` in some chunks and `b` in others."""
+    if a == b or pa.types.is_null(b):
+        return a
+    if pa.types.is_null(a):
+        return b
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (a, b)):
+        return pa.float64()
+    return pa.string()
+
+
+def _as_text(series: pd.Series) -> pa.Array:
+    """Values of a column of mixed kinds as text (nulls kept): the landed batch stays raw and
+    validate coerces the types it expects."""
+    values = [
+        None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+        for v in series.astype(object)
+    ]
+    return pa.array(values, type=pa.string())
+
+
+def _to_arrow(chunk: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for name, kind in zip(schema.names, schema.types, strict=True):
+        if name not in chunk:  # a file without this column (another file of the batch has it)
+            columns.append(pa.nulls(len(chunk), kind))
+        elif pa.types.is_string(kind):
+            series = chunk[name]
+            columns.append(
+                pa.array(series, from_pandas=True, type=pa.string())
+                if pd.api.types.is_string_dtype(series) and series.dtype != object
+                else _as_text(series)
+            )
+        else:
+            columns.append(pa.array(chunk[name], from_pandas=True).cast(kind))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+# ----------------------------------------------------------------------------- sources
+class Source:
+    """The files of one batch, read chunk by chunk (twice: types first, then the rows)."""
+
+    def __init__(self, fs: Any, files: list[str]):
+        self.fs, self.files = fs, files
+
+    def chunks(self, text: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
+        """Every file's rows, CHUNK_ROWS at a time; CSV columns in `text` are read as written."""
+        for name in self.files:
+            try:
+                with self.fs.open(name, "rb") as fh:
+                    yield from self._read(name, fh, text)
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise PipelineError(f"cannot read '{name}': {first_line(exc)}") from exc
+
+    @staticmethod
+    def _read(name: str, fh: Any, text: frozenset[str]) -> Iterator[pd.DataFrame]:
+        if name.lower().endswith((".parquet", ".pq")):
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=CHUNK_ROWS):
+                yield batch.to_pandas()
+            return
+        compression = "gzip" if name.lower().endswith(".gz") else None
+        dtype = dict.fromkeys(text, str) or None  # names the file lacks are ignored by pandas
+        with pd.read_csv(fh, compression=compression, chunksize=CHUNK_ROWS, dtype=dtype) as rd:
+            yield from rd
+
+
+class DemoSource(Source):
+    """The built-in generator: one frame (its size is ingest.demo.rows), in chunks."""
+
+    def __init__(self, frame: pd.DataFrame):
+        super().__init__(None, ["demo"])
+        self.frame = frame
+
+    def chunks(self, text: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
+        for start in range(0, len(self.frame), CHUNK_ROWS):
+            yield self.frame.iloc[start : start + CHUNK_ROWS]
+
+
+def open_source(source: str, date: dt.date, params: Params) -> Source:
+    """The batch of `date` from `source` (see the module docstring)."""
     if source == "demo":
-        return demo.generate(date, seed=params.ingest.demo.seed, rows=params.ingest.demo.rows)
+        cfg = params.ingest.demo
+        return DemoSource(demo.generate(date, seed=cfg.seed, rows=cfg.rows))
     try:
         uri = source.format(date=date)
     except (KeyError, IndexError, ValueError) as exc:
         raise PipelineError(f"source '{source}': bad placeholder ({exc}); use {{date}}") from exc
-    fs, files = _list_files(uri)
-    frames = []
-    for name in files:
-        try:
-            with fs.open(name, "rb") as fh:
-                if name.lower().endswith((".parquet", ".pq")):
-                    frames.append(pd.read_parquet(fh))
-                else:
-                    compression = "gzip" if name.lower().endswith(".gz") else None
-                    frames.append(pd.read_csv(fh, compression=compression))
-        except Exception as exc:
-            raise PipelineError(f"cannot read '{name}': {first_line(exc)}") from exc
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return Source(*_list_files(uri))
 
 
-def _storable(batch: pd.DataFrame) -> pd.DataFrame:
-    """Mixed-type object columns (e.g. CSV text + Parquet timestamps) become text, nulls kept:
-    the landed batch stays raw and validate coerces the types it expects."""
-    batch = batch.rename(columns=str)
-    for col in batch.columns:
-        if batch[col].dtype == object:
-            kinds = {type(v) for v in batch[col].dropna()}
-            if len(kinds) > 1:
-                batch[col] = batch[col].map(lambda v: v if pd.isna(v) else str(v))
-    return batch
+def survey(source: Source) -> tuple[pa.Schema, int]:
+    """The batch's columns (first-seen order) with one type each, and its row count."""
+    types: dict[str, pa.DataType] = {}
+    rows = 0
+    for chunk in source.chunks():
+        rows += len(chunk)
+        for col, kind in _chunk_types(chunk.rename(columns=str)).items():
+            types[col] = _widen(types[col], kind) if col in types else kind
+    # A column with no value anywhere is stored as text (nothing says what else it would be).
+    schema = pa.schema([(c, pa.string() if pa.types.is_null(t) else t) for c, t in types.items()])
+    return schema, rows
 
 
 def ingest(params: Params, root: Path) -> dict[str, Any]:
     """Read the batch of `ingest.date` and land it in data/landing/ (replacing the last one)."""
-    source = params.ingest.source.strip()
-    if not source:
+    source_name = params.ingest.source.strip()
+    if not source_name:
         raise PipelineError("ingest.source is empty")
     date = params.ingest.date
-    batch = _storable(read_source(source, date, params))
-    if batch.empty or len(batch.columns) == 0:
-        raise PipelineError(f"batch for {date} from '{source}' is empty")
-
-    meta = {
-        "date": date.isoformat(),
-        "source": source,
-        "rows": len(batch),
-        "columns": [str(c) for c in batch.columns],
-    }
+    source = open_source(source_name, date, params)
+    schema, rows = survey(source)
+    if rows == 0 or not schema.names:
+        raise PipelineError(f"batch for {date} from '{source_name}' is empty")
+    text = frozenset(
+        n for n, t in zip(schema.names, schema.types, strict=True) if pa.types.is_string(t)
+    )
+    meta = {"date": date.isoformat(), "source": source_name, "rows": rows, "columns": schema.names}
 
     def build(tmp: Path) -> None:
-        batch.to_parquet(tmp / "batch.parquet", index=False)
+        written = 0
+        with pq.ParquetWriter(tmp / "batch.parquet", schema) as writer:
+            for chunk in source.chunks(text):
+                writer.write_table(_to_arrow(chunk.rename(columns=str), schema))
+                written += len(chunk)
+        if written != rows:  # the source changed between the two passes
+            raise PipelineError(
+                f"source '{source_name}' changed while read ({rows} then {written} rows)"
+            )
         atomic_write_json(tmp / "batch.json", meta)
 
     replace_dir(root / LANDING_DIR, build)
