@@ -30,9 +30,17 @@ EXIT_QUARANTINED = 3
 
 DEFAULT_PARAMS = "params.yaml"
 
-# Rows a stage reads, checks and writes at a time when it streams a batch (ingest, validate):
-# what bounds their memory whatever the size of the batch (~50 MB a chunk of the demo's rows).
-CHUNK_ROWS = 100_000
+# How much of a batch ingest and validate hold at a time: CHUNK_ROWS rows, fewer if the rows
+# are wide (CHUNK_BYTES of CSV text or of uncompressed Parquet columns). What bounds their
+# memory whatever the size of the batch (measured: ~300-400 MB peak for 1M demo rows).
+CHUNK_ROWS = 50_000
+CHUNK_BYTES = 16 << 20
+
+
+def chunk_rows(bytes_per_row: float) -> int:
+    """Rows per chunk for rows of about `bytes_per_row` bytes."""
+    return int(max(1_000, min(CHUNK_ROWS, CHUNK_BYTES // max(bytes_per_row, 1))))
+
 
 # Workspace layout, relative to the project root (the directory holding params.yaml).
 LANDING_DIR = Path("data/landing")  # ingest output: the batch of one logical date

@@ -16,12 +16,12 @@ Sources (`ingest.source` in params.yaml; `{date}` / `{date:%Y/%m/%d}` is filled 
   - `s3://bucket/prefix/...` (file, prefix or glob) on any S3-compatible store: credentials from
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint from AWS_ENDPOINT_URL.
 
-Files are streamed, never read whole: a batch of any size lands in memory bounded by CHUNK_ROWS.
-A first pass reads each file chunk by chunk to settle every column's type over the whole batch
-(as one `read_csv` of it would: integers with a blank anywhere become floats, a column mixing
-kinds — CSV text and Parquet timestamps, a number column with a word — becomes text, kept as
-written); the second pass writes the chunks in those types to data/landing/batch.parquet, one
-row group per chunk.
+Files are streamed, never read whole: a batch of any size lands in bounded memory (chunks sized
+by pipelines/common.py). A first pass reads each file chunk by chunk to settle every column's
+type over the whole batch (as one `read_csv` of it would: integers with a blank anywhere become
+floats, a column mixing kinds — CSV text and Parquet timestamps, a number column with a word —
+becomes text, kept as written); the second pass writes the chunks in those types to
+data/landing/batch.parquet, one row group per chunk.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pipelines.common import (
     LANDING_DIR,
     PipelineError,
     atomic_write_json,
+    chunk_rows,
     first_line,
     replace_dir,
     run_cli,
@@ -114,6 +115,11 @@ def _widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     return pa.string()
 
 
+def _schema(types: dict[str, pa.DataType]) -> pa.Schema:
+    """A column with no value anywhere is stored as text (nothing says what else it would be)."""
+    return pa.schema([(c, pa.string() if pa.types.is_null(t) else t) for c, t in types.items()])
+
+
 def _as_text(series: pd.Series) -> pa.Array:
     """Values of a column of mixed kinds as text (nulls kept): the landed batch stays raw and
     validate coerces the types it expects."""
@@ -141,6 +147,15 @@ def _to_arrow(chunk: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _csv_bytes_per_row(fh: Any, compression: str | None) -> float:
+    """Bytes per line in the first MiB of a CSV file (decompressed), to size its chunks."""
+    import gzip
+
+    sample = (gzip.GzipFile(fileobj=fh) if compression else fh).read(1 << 20)
+    fh.seek(0)
+    return len(sample) / max(sample.count(b"\n"), 1)
+
+
 # ----------------------------------------------------------------------------- sources
 class Source:
     """The files of one batch, read chunk by chunk (twice: types first, then the rows)."""
@@ -149,7 +164,7 @@ class Source:
         self.fs, self.files = fs, files
 
     def chunks(self, text: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
-        """Every file's rows, CHUNK_ROWS at a time; CSV columns in `text` are read as written."""
+        """Every file's rows, a chunk at a time; CSV columns in `text` are read as written."""
         for name in self.files:
             try:
                 with self.fs.open(name, "rb") as fh:
@@ -159,53 +174,58 @@ class Source:
             except Exception as exc:
                 raise PipelineError(f"cannot read '{name}': {first_line(exc)}") from exc
 
+    def survey(self) -> tuple[pa.Schema, int]:
+        """The batch's columns (first-seen order) with one type each, and its row count."""
+        types: dict[str, pa.DataType] = {}
+        rows = 0
+        for chunk in self.chunks():
+            rows += len(chunk)
+            for col, kind in _chunk_types(chunk.rename(columns=str)).items():
+                types[col] = _widen(types[col], kind) if col in types else kind
+        return _schema(types), rows
+
     @staticmethod
     def _read(name: str, fh: Any, text: frozenset[str]) -> Iterator[pd.DataFrame]:
         if name.lower().endswith((".parquet", ".pq")):
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=CHUNK_ROWS):
+            parquet = pq.ParquetFile(fh)
+            meta = parquet.metadata
+            size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            rows = chunk_rows(size / max(meta.num_rows, 1))
+            for batch in parquet.iter_batches(batch_size=rows):
                 yield batch.to_pandas()
             return
         compression = "gzip" if name.lower().endswith(".gz") else None
+        rows = chunk_rows(_csv_bytes_per_row(fh, compression))
         dtype = dict.fromkeys(text, str) or None  # names the file lacks are ignored by pandas
-        with pd.read_csv(fh, compression=compression, chunksize=CHUNK_ROWS, dtype=dtype) as rd:
-            yield from rd
+        with pd.read_csv(fh, compression=compression, chunksize=rows, dtype=dtype) as reader:
+            yield from reader
 
 
 class DemoSource(Source):
-    """The built-in generator: one frame (its size is ingest.demo.rows), in chunks."""
+    """The built-in generator, made part by part: memory bounded whatever ingest.demo.rows."""
 
-    def __init__(self, frame: pd.DataFrame):
+    def __init__(self, date: dt.date, seed: int, rows: int):
         super().__init__(None, ["demo"])
-        self.frame = frame
+        self.date, self.seed, self.rows = date, seed, rows
 
     def chunks(self, text: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
-        for start in range(0, len(self.frame), CHUNK_ROWS):
-            yield self.frame.iloc[start : start + CHUNK_ROWS]
+        return demo.batch_parts(self.date, self.seed, self.rows, CHUNK_ROWS)
+
+    def survey(self) -> tuple[pa.Schema, int]:
+        """Every part has the same columns and types: the first part says them."""
+        first = next(iter(self.chunks()), pd.DataFrame())
+        return _schema(_chunk_types(first)), self.rows
 
 
 def open_source(source: str, date: dt.date, params: Params) -> Source:
     """The batch of `date` from `source` (see the module docstring)."""
     if source == "demo":
-        cfg = params.ingest.demo
-        return DemoSource(demo.generate(date, seed=cfg.seed, rows=cfg.rows))
+        return DemoSource(date, params.ingest.demo.seed, params.ingest.demo.rows)
     try:
         uri = source.format(date=date)
     except (KeyError, IndexError, ValueError) as exc:
         raise PipelineError(f"source '{source}': bad placeholder ({exc}); use {{date}}") from exc
     return Source(*_list_files(uri))
-
-
-def survey(source: Source) -> tuple[pa.Schema, int]:
-    """The batch's columns (first-seen order) with one type each, and its row count."""
-    types: dict[str, pa.DataType] = {}
-    rows = 0
-    for chunk in source.chunks():
-        rows += len(chunk)
-        for col, kind in _chunk_types(chunk.rename(columns=str)).items():
-            types[col] = _widen(types[col], kind) if col in types else kind
-    # A column with no value anywhere is stored as text (nothing says what else it would be).
-    schema = pa.schema([(c, pa.string() if pa.types.is_null(t) else t) for c, t in types.items()])
-    return schema, rows
 
 
 def ingest(params: Params, root: Path) -> dict[str, Any]:
@@ -215,7 +235,7 @@ def ingest(params: Params, root: Path) -> dict[str, Any]:
         raise PipelineError("ingest.source is empty")
     date = params.ingest.date
     source = open_source(source_name, date, params)
-    schema, rows = survey(source)
+    schema, rows = source.survey()
     if rows == 0 or not schema.names:
         raise PipelineError(f"batch for {date} from '{source_name}' is empty")
     text = frozenset(

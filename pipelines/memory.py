@@ -15,7 +15,6 @@ summary (`memory`), which is where the benchmark reads them from.
 
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,18 +100,28 @@ def memory_limit(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROU
     return Limit(value, f"cgroup {version} {path}")
 
 
-def resident_bytes() -> int:
-    """The process's resident memory now (Linux /proc; 0 where there is none)."""
+def _status(field_name: str) -> int | None:
+    """A `Vm...` line of /proc/self/status in bytes (Linux; None elsewhere)."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (0 where the system does not say)."""
+    return _status("VmRSS") or 0
 
 
 def peak_bytes() -> int:
-    """The process's peak resident memory so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's peak resident memory so far (the kernel's high-water mark)."""
+    peak = _status("VmHWM")
+    if peak is None:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak
 
 
 def family_factor(table: dict[str, float], family: str) -> float:

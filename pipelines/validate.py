@@ -16,12 +16,13 @@ at least `min_rows` rows, column kinds matching the dataset folder's). Then:
 Either way reports/validation.json is the report on the batch, which also lists its unknown
 columns (in no schema role and not in `schema.drop_columns`: never stored) and dropped ones.
 
-A batch of any size is checked in bounded memory: CHUNK_ROWS rows at a time (pandera checks each
-chunk's columns, types, ranges, nulls and dates), while what concerns the whole batch is
-accumulated and checked at the end: row count, null fraction, distinct labels, unique ids (a
-64-bit hash per id, 8 bytes a row; hashes seen twice are confirmed on the ids themselves in a
-second pass) and column kinds. Chunks that pass are written to a temp file; one failing chunk
-quarantines the whole batch and the temp file is dropped.
+A batch of any size is checked in bounded memory, a chunk at a time (pipelines/common.py says
+how big): pandera checks each chunk's columns, types, ranges, nulls and dates, while what
+concerns the whole batch is accumulated and checked at the end: row count, null fraction,
+distinct labels, unique ids (a 64-bit hash per id, 8 bytes a row; hashes seen twice are
+confirmed on the ids themselves in a second pass) and column kinds. Only the schema's columns
+are read. Chunks that pass are written to a temp file; one failing chunk quarantines the whole
+batch and the temp file is dropped.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ import pyarrow
 import pyarrow.parquet as pq
 
 from pipelines.common import (
-    CHUNK_ROWS,
     LANDING_DIR,
     QUARANTINE_DIR,
     VALIDATION_FILE,
     PipelineError,
     Quarantined,
     atomic_write_json,
+    chunk_rows,
     replace_dir,
     run_cli,
 )
@@ -261,8 +262,18 @@ def check_batch(
     return (None, failures) if failures else (stored, [])
 
 
-def _landed_chunks(path: Path, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    for part in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+def _landed_chunks(path: Path, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """The landed batch's `columns`, chunk by chunk (sized by the bytes of those columns)."""
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    size = sum(
+        meta.row_group(i).column(j).total_uncompressed_size
+        for i in range(meta.num_row_groups)
+        for j in range(meta.num_columns)
+        if meta.schema.column(j).name in columns
+    )
+    rows = chunk_rows(size / max(meta.num_rows, 1))
+    for part in parquet.iter_batches(batch_size=rows, columns=columns):
         yield part.to_pandas()
 
 
@@ -317,8 +328,11 @@ def check_landed(
     writer = None
     if not check.missing:
         writer = BatchWriter(root, params, date, stored_arrow_schema(params, landed))
+    # Only the schema's columns are read: unknown and dropped ones are never stored, and a
+    # free-text column of an export costs nothing here (it stays in the landed file).
+    read = [c for c in landed.names if c in set(params.schema.stored_columns)]
     try:
-        for chunk in _landed_chunks(batch_file):
+        for chunk in _landed_chunks(batch_file, read):
             stored = check.add(chunk)
             if stored is not None and writer is not None:
                 writer.write(stored)

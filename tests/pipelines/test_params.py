@@ -123,6 +123,11 @@ def test_an_import_path_estimator_gets_its_hyperparameters_through_quoted_keys(p
         ("schema.numeric_features=[]", "validation.ranges.tenure_months: not one of"),
         ("schema.id_column=null", None),  # null is a value: no id column
         ("train.random_state=x", "train.random_state: Input should be a valid integer"),
+        ("train.window=30", "train.window: must be `all`, `<N> days` or `<N> rows`"),
+        ("train.window=0 days", "(got '0 days')"),
+        ("train.window=2 weeks", "train.window: must be `all`"),
+        ("train.window=12 rows", None),
+        ("train.window=all", None),
     ],
 )
 def test_bad_values_are_refused_in_one_line_and_the_file_is_unchanged(
