@@ -129,6 +129,11 @@ def family_factor(table: dict[str, float], family: str) -> float:
     return table.get(family, max(table.values()))
 
 
+def estimate_peak(step: str, rows: int, columns: int, bytes_per_cell: float, resident: int) -> int:
+    """The peak resident memory a step of `rows` x `columns` cells is expected to reach."""
+    return int(resident + STEP_OVERHEAD[step] + rows * columns * bytes_per_cell * MARGIN)
+
+
 @dataclass
 class Budget:
     """The memory checks of one stage run, and the peak measured after each."""
@@ -141,7 +146,7 @@ class Budget:
         """Stop (exit 2) if `rows` x `columns` at `bytes_per_cell` would exceed the limit."""
         self._close_last()
         now = resident_bytes()
-        estimate = int(now + STEP_OVERHEAD[step] + rows * columns * bytes_per_cell * MARGIN)
+        estimate = estimate_peak(step, rows, columns, bytes_per_cell, now)
         self.checks.append(
             {
                 "step": step,
