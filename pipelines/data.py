@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pandas.api import types as ptypes
@@ -150,12 +149,25 @@ def load_window(root: Path, params: Params, plan: WindowPlan | None = None) -> p
 
 
 def _newest_rows(path: str, columns: list[str], schema, count: int, params: Params) -> pa.Table:
-    table = ds.dataset([path], schema=schema).to_table(columns=columns)
+    """The newest `count` rows of one batch (by the date column, else its last rows), read one
+    row group at a time: a rows window inside a batch of millions never holds the batch."""
+    parquet = pq.ParquetFile(path)
+    total = parquet.metadata.num_rows
     date_column = params.schema.date_column
-    if date_column and date_column in table.column_names:
-        order = pc.sort_indices(table, sort_keys=[(date_column, "ascending")])
-        return table.take(order[len(order) - count :])
-    return table.slice(table.num_rows - count)
+    if date_column and date_column in columns:
+        dates = parquet.read(columns=[date_column]).column(0).to_numpy()
+        keep = np.sort(np.argsort(dates, kind="stable")[total - count :])
+    else:
+        keep = np.arange(total - count, total)
+    pieces, start = [], 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        local = keep[(keep >= start) & (keep < start + size)] - start
+        if len(local):
+            rows = parquet.read_row_group(group, columns=columns).take(local)
+            pieces.append(rows.cast(pa.schema([schema.field(c) for c in columns])))
+        start += size
+    return pa.concat_tables(pieces)
 
 
 def column_kind(series: pd.Series) -> str:
