@@ -42,12 +42,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT))
+# This process stays small and imports no pandas: a child started by vfork inherits the
+# parent's high-water mark as its own peak RSS (the kernel records it at exec), so the data
+# the benchmark makes is made by child processes of this script (`--make ...`).
 
-from pipelines import demo  # noqa: E402
-from pipelines.config import load_params, validate  # noqa: E402
-from pipelines.data import dataset_dir  # noqa: E402
-from pipelines.ingest import ingest  # noqa: E402
-from pipelines.validate import validate as validate_stage  # noqa: E402
 
 FIRST_DAY = dt.date(2026, 1, 1)
 DAY_ROWS = 3000
@@ -68,7 +66,6 @@ def schema_params(task: str, source: str = "demo") -> dict:
         raw["schema"].update(task="regression", target="monthly_charges")
         raw["schema"]["numeric_features"].remove("monthly_charges")
         raw["validation"]["ranges"].pop("monthly_charges")
-    validate(raw)
     return raw
 
 
@@ -86,19 +83,31 @@ def source_dir(workdir: Path, task: str, source: str = "demo") -> Path:
 
 
 # ----------------------------------------------------------------------------- history
-def history(workdir: Path, app: Path, task: str, days: int) -> Path:
-    """`days` validated demo days, made once by the stages themselves (in this process)."""
-    root = workdir / f"history-{task}"
-    params = load_params(app / "params.yaml")
+def make_history(root: Path, params_file: Path, days: int) -> None:
+    """`days` validated demo days, made by the stages themselves (in this child process)."""
+    from pipelines.config import load_params
+    from pipelines.data import dataset_dir
+    from pipelines.ingest import ingest
+    from pipelines.validate import validate
+
+    params = load_params(params_file)
     folder = root / dataset_dir(params)
     have = len(list(folder.glob("*.parquet"))) if folder.exists() else 0
     for i in range(have, days):
         params.ingest.date = FIRST_DAY + dt.timedelta(days=i)
         if i % 100 == 0:
-            log(f"history {task}: day {i + 1} of {days}")
+            log(f"history {params_file.parent.name}: day {i + 1} of {days}")
         ingest(params, root)
-        validate_stage(params, root)
-    return folder
+        validate(params, root)
+    print(folder)
+
+
+def history(workdir: Path, app: Path, task: str, days: int) -> Path:
+    """The dataset folder of `days` demo days (made once, in a child process)."""
+    root = workdir / f"history-{task}"
+    cmd = [str(VENV_BIN / "python"), __file__, "--make-history", str(root), str(app), str(days)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=environment())
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- commands
@@ -229,16 +238,19 @@ def print_stage_tables(records: list[dict], families: list[str]) -> None:
     print("cells: wall s / CPU s / peak GiB of the task's process tree\n")
     for family in families:
         print(f"#### {family}\n")
-        print("| days | window | rows read | " + " | ".join(STAGES) + " | whole run |")
-        print("|---|---|---|" + "---|" * (len(STAGES) + 1))
+        print("| days | window | batches | rows read | " + " | ".join(STAGES) + " | whole run |")
+        print("|---|---|---|---|" + "---|" * (len(STAGES) + 1))
         for record, run in _runs(records, family):
             label = f"| {record['days']} | {record['window']} |"
             if run is None:
-                print(label + " - |" + " capped |" * (len(STAGES) + 1))
+                print(label + " - | - |" + " capped |" * (len(STAGES) + 1))
                 continue
-            rows = run["train"].summary["window"]["rows"]
+            window = run["train"].summary["window"]
             cells = " | ".join(cell(run.get(s)) for s in STAGES)
-            print(f"{label} {rows:,} | {cells} | {cell(whole(run))} |")
+            print(
+                f"{label} {window['history_files']} | {window['rows']:,} | {cells} | "
+                f"{cell(whole(run))} |"
+            )
         print()
 
 
@@ -268,80 +280,113 @@ def print_flatness(records: list[dict], families: list[str]) -> None:
     print()
 
 
+def _checks(records: list[dict], family: str):
+    """(stage, step, check) of every memory check the stages of `family` reported."""
+    for _, run in _runs(records, family):
+        for stage in ("train", "evaluate", "register"):
+            for check in (run or {}).get(stage, Cost()).summary.get("memory", {}).get("checks", []):
+                yield stage, check["step"], check
+
+
+def calibration(records: list[dict], family: str) -> dict[str, tuple[float, int]]:
+    """Each step's (bytes per cell, overhead bytes) for `family`: the slope of peak growth over
+    cells between its smallest and biggest run, then the overhead that puts that line above
+    every run (the growth of a step is the high-water mark after it less what it started with)."""
+    points: dict[str, list[tuple[int, int]]] = {}
+    for _, step, check in _checks(records, family):
+        grown = max(check["peak_after"] - check["resident_before"], 0)
+        points.setdefault(step, []).append((check["rows"] * check["columns"], grown))
+    out = {}
+    for step, values in points.items():
+        values.sort()
+        (c0, g0), (c1, g1) = values[0], values[-1]
+        slope = max((g1 - g0) / (c1 - c0), 0.0) if c1 > c0 else 0.0
+        out[step] = (slope, int(max(g - c * slope for c, g in values)))
+    return out
+
+
 def print_memory(records: list[dict], families: list[str]) -> None:
-    """What each step took per cell (its biggest run), what pipelines/memory.py estimates for
-    it with the factors it holds now, and the rows a GiB holds for each stage of a family."""
+    """Rows per GiB of each family, the calibration pipelines/memory.py holds, and how its
+    estimates compare with the peaks measured."""
     from pipelines import memory
 
+    print("#### Memory per row: the whole run's peak (its hungriest task) against rows read\n")
+    print(
+        "| family | rows, smallest run | peak GiB | rows, biggest run | peak GiB "
+        "| rows per GiB above the smallest | window rows in a 2 GiB limit |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for family in families:
+        points = sorted(
+            (run["train"].summary["window"]["rows"], whole(run).peak)
+            for _, run in _runs(records, family)
+            if run
+        )
+        if len(points) < 2:
+            continue
+        (r0, p0), (r1, p1) = points[0], points[-1]
+        per_gib = (r1 - r0) / max(p1 - p0, 1) * (1 << 30)
+        fits = r0 + ((2 << 30) - p0) / (1 << 30) * per_gib
+        print(
+            f"| {family} | {r0:,} | {_gb(p0)} | {r1:,} | {_gb(p1)} | {per_gib:,.0f} | {fits:,.0f} |"
+        )
+    print()
     factors = {
         "load": lambda family: memory.LOAD_BYTES_PER_CELL,
         "fit": lambda family: memory.family_factor(memory.FIT_BYTES_PER_CELL, family),
         "score": lambda family: memory.family_factor(memory.SCORE_BYTES_PER_CELL, family),
     }
     print(
-        "#### Memory of each step: measured in its biggest run, and estimated by "
-        "pipelines/memory.py\n"
+        "#### Memory checks (pipelines/memory.py): measured bytes per cell and overhead of each "
+        "step, and the estimates it makes against the peaks measured\n"
     )
     print(
-        "| family | stage | step | cells | resident before MiB | peak after MiB "
-        "| bytes per cell | estimate MiB |"
+        "| family | step | bytes per cell | overhead MiB | runs | biggest peak after MiB "
+        "| its estimate MiB | lowest estimate / peak |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for family in families:
-        best: dict[tuple[str, str], dict] = {}
-        for _, run in _runs(records, family):
-            for stage in ("train", "evaluate", "register"):
-                for check in (
-                    (run or {}).get(stage, Cost()).summary.get("memory", {}).get("checks", [])
-                ):
-                    cells = check["rows"] * check["columns"]
-                    if cells > best.get((stage, check["step"]), {}).get("cells", -1):
-                        best[(stage, check["step"])] = {**check, "cells": cells}
-        for (stage, step), check in sorted(best.items()):
-            grown = max(check["peak_after"] - check["resident_before"], 0)
+        measured = calibration(records, family)
+        for step in ("load", "fit", "score"):
+            checks = [c for _, s, c in _checks(records, family) if s == step]
+            if not checks:
+                continue
+            ratios, biggest = [], max(checks, key=lambda c: c["rows"] * c["columns"])
+            for check in checks:
+                estimate = memory.estimate_peak(
+                    step, check["rows"], check["columns"], factors[step](family),
+                    check["resident_before"],
+                )  # fmt: skip
+                ratios.append(estimate / check["peak_after"])
             estimate = memory.estimate_peak(
-                step,
-                check["rows"],
-                check["columns"],
-                factors[step](family),
-                check["resident_before"],
-            )
+                step, biggest["rows"], biggest["columns"], factors[step](family),
+                biggest["resident_before"],
+            )  # fmt: skip
+            slope, overhead = measured[step]
             print(
-                f"| {family} | {stage} | {step} | {check['cells']:,} | "
-                f"{check['resident_before'] / MIB:.0f} | {check['peak_after'] / MIB:.0f} | "
-                f"{grown / max(check['cells'], 1):.1f} | {estimate / MIB:.0f} |"
+                f"| {family} | {step} | {slope:.1f} | {overhead / MIB:.0f} | {len(checks)} | "
+                f"{biggest['peak_after'] / MIB:.0f} | {estimate / MIB:.0f} | {min(ratios):.2f} |"
             )
-    print()
-    print("#### Rows per GiB of each stage (peak growth between its smallest and biggest run)\n")
-    print("| family | " + " | ".join(("train", "evaluate", "register")) + " |")
-    print("|---|---|---|---|")
-    for family in families:
-        runs = [run for _, run in _runs(records, family) if run]
-        cells = []
-        for stage in ("train", "evaluate", "register"):
-            points = sorted((run[stage].summary["window"]["rows"], run[stage].peak) for run in runs)
-            (r0, p0), (r1, p1) = points[0], points[-1]
-            per_gib = (r1 - r0) / max(p1 - p0, 1) * (1 << 30)
-            cells.append(f"{per_gib:,.0f}" if r1 > r0 else "-")
-        print(f"| {family} | " + " | ".join(cells) + " |")
     print()
 
 
 def print_dvc(rows: list[dict]) -> None:
     print(
         "#### DVC's hashing: `dvc status` with its state on the workspace, and with a fresh "
-        "state (what a new task container had before the fix)\n"
+        "state (what each new task container had before the fix)\n"
     )
     print(
-        "| days | state kept: wall s / CPU s | dataset files read | fresh state: wall s / CPU s "
-        "| dataset files read |"
+        "| days | state kept: wall s / CPU s | dataset files (MB) read | fresh state: wall s / "
+        "CPU s | dataset files (MB) read |"
     )
     print("|---|---|---|---|---|")
     for row in rows:
         kept, fresh = Cost(**row["kept"]), Cost(**row["fresh"])
+        kept_mb, fresh_mb = (row.get(k, 0) / 1e6 for k in ("kept_bytes", "fresh_bytes"))
         print(
-            f"| {row['days']} | {kept.wall:.1f} / {kept.cpu:.1f} | {row['kept_reads']} | "
-            f"{fresh.wall:.1f} / {fresh.cpu:.1f} | {row['fresh_reads']} |"
+            f"| {row['days']} | {kept.wall:.1f} / {kept.cpu:.1f} | {row['kept_reads']} "
+            f"({kept_mb:.0f}) | {fresh.wall:.1f} / {fresh.cpu:.1f} | {row['fresh_reads']} "
+            f"({fresh_mb:.0f}) |"
         )
     print()
 
@@ -356,8 +401,9 @@ def report(results: dict) -> None:
     print_dvc(results["dvc"])
 
 
-def dataset_reads(ws: Workspace, fresh: bool) -> tuple[Cost, int]:
-    """`dvc status`'s cost, and how many dataset files it opened (strace, a separate run)."""
+def dataset_reads(ws: Workspace, fresh: bool) -> tuple[Cost, int, int]:
+    """`dvc status`'s cost, and how many dataset files (and bytes) it opened (strace, in a
+    separate run: tracing slows it)."""
     env = dict(ws.env)
     if fresh:
         env["DVC_SITE_CACHE_DIR"] = str(ws.path.parent / f"fresh-{time.monotonic_ns()}")
@@ -367,22 +413,21 @@ def dataset_reads(ws: Workspace, fresh: bool) -> tuple[Cost, int]:
     trace = ws.path.parent / ".bench-strace"
     cmd = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace), "dvc", "status"]
     if shutil.which("strace") is None:
-        return cost, -1
+        return cost, -1, -1
     measure(cmd, ws.path, env)
     opened = {line.split('"')[1] for line in trace.read_text().splitlines() if ".parquet" in line}
-    return cost, len([p for p in opened if "/data/dataset/" in p])
+    read = [Path(p) for p in opened if "/data/dataset/" in p and Path(p).exists()]
+    return cost, len(read), sum(p.stat().st_size for p in read)
 
 
 # ----------------------------------------------------------------------------- main
-def big_batch_csv(workdir: Path, rows: int) -> Path:
-    """One day of `rows` demo rows as a CSV file, written part by part."""
+def make_csv(path: Path, rows: int) -> None:
+    """One day of `rows` demo rows as a CSV file, written part by part (in a child process)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    path = workdir / "incoming" / f"{FIRST_DAY}.csv"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from pipelines import demo
+
     writer = None
     for part in demo.batch_parts(FIRST_DAY, 42, rows, 100_000):
         table = pa.Table.from_pandas(part, preserve_index=False)
@@ -390,6 +435,14 @@ def big_batch_csv(workdir: Path, rows: int) -> Path:
         writer.write_table(table)
     writer.close()
     os.replace(str(path) + ".tmp", path)
+
+
+def big_batch_csv(workdir: Path, rows: int) -> Path:
+    path = workdir / "incoming" / f"{FIRST_DAY}.csv"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(VENV_BIN / "python"), __file__, "--make-csv", str(path), str(rows)]
+        subprocess.run(cmd, check=True, env=environment())
     return path
 
 
@@ -408,7 +461,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="print the tables of the last run's results.json"
     )
+    parser.add_argument("--make-history", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--make-csv", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.make_history:
+        root, params_file, days = args.make_history
+        make_history(Path(root), Path(params_file) / "params.yaml", int(days))
+        return 0
+    if args.make_csv:
+        make_csv(Path(args.make_csv[0]), int(args.make_csv[1]))
+        return 0
     results_file = args.workdir / "results.json"
     if args.report:
         report(json.loads(results_file.read_text()))
@@ -432,11 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{task}, {days} days: warm-up run")
             ws.run_day(families[0], WINDOW)
             if task == "classification":
-                kept, kept_reads = dataset_reads(ws, fresh=False)
-                fresh, fresh_reads = dataset_reads(ws, fresh=True)
+                kept, kept_reads, kept_bytes = dataset_reads(ws, fresh=False)
+                fresh, fresh_reads, fresh_bytes = dataset_reads(ws, fresh=True)
                 results["dvc"].append(
                     {"days": days, "kept": vars(kept), "fresh": vars(fresh),
-                     "kept_reads": kept_reads, "fresh_reads": fresh_reads}
+                     "kept_reads": kept_reads, "fresh_reads": fresh_reads,
+                     "kept_bytes": kept_bytes, "fresh_bytes": fresh_bytes}
                 )  # fmt: skip
             for family in families:
                 for window in (WINDOW, "all"):
