@@ -48,6 +48,7 @@ LABEL_INFERENCE_PATH = "io.conveyor.serving.inference_path"
 CONVERT_STAGE = "convert"
 SPEC_PATH = "/tmp/compiled/serving.json"  # where the convert stage writes serving.convert's spec
 
+
 def docker_client():
     """A docker-py client from DOCKER_HOST (the socket proxy in the stack)."""
     import docker
@@ -117,14 +118,28 @@ def build_context(dockerfile: Path, model_dir: Path) -> io.BytesIO:
     return buf
 
 
-def _build(client, context: io.BytesIO, tag: str, buildargs: dict[str, str],
-           labels: dict[str, str] | None = None, target: str | None = None) -> str | None:
+def _build(
+    client,
+    context: io.BytesIO,
+    tag: str,
+    buildargs: dict[str, str],
+    labels: dict[str, str] | None = None,
+    target: str | None = None,
+) -> str | None:
     """One classic-builder build; its log to stderr; the image id."""
     context.seek(0)
     image_id = None
     stream = client.api.build(
-        fileobj=context, custom_context=True, tag=tag, buildargs=buildargs, labels=labels,
-        target=target, pull=False, rm=True, forcerm=True, decode=True,
+        fileobj=context,
+        custom_context=True,
+        tag=tag,
+        buildargs=buildargs,
+        labels=labels,
+        target=target,
+        pull=False,
+        rm=True,
+        forcerm=True,
+        decode=True,
     )
     for chunk in stream:
         if "error" in chunk:
@@ -160,8 +175,9 @@ def conversion_result(client, image: str) -> dict[str, Any]:
                 pass
 
 
-def build(client, base_image: str, sklearn_image: str, repository: str, workspace: Path,
-          dockerfile: Path) -> dict[str, Any]:
+def build(
+    client, base_image: str, sklearn_image: str, repository: str, workspace: Path, dockerfile: Path
+) -> dict[str, Any]:
     import docker
 
     release = read_release(workspace)
@@ -171,11 +187,20 @@ def build(client, base_image: str, sklearn_image: str, repository: str, workspac
     except docker.errors.ImageNotFound:
         existing = None
     if existing is not None and existing.labels.get(LABEL_RUN_ID) == release["run_id"]:
-        print(f"build_serving_image: {tag} already holds run {release['run_id']}: reused",
-              file=sys.stderr)
+        print(
+            f"build_serving_image: {tag} already holds run {release['run_id']}: reused",
+            file=sys.stderr,
+        )
         path = existing.labels.get(LABEL_INFERENCE_PATH, "")
-        return {**release, "image": tag, "image_id": existing.id, "reused": True,
-                "inference_path": path, "inference_note": "", "variant_image": ""}
+        return {
+            **release,
+            "image": tag,
+            "image_id": existing.id,
+            "reused": True,
+            "inference_path": path,
+            "inference_note": "",
+            "variant_image": "",
+        }
     for image, var in ((base_image, "SERVING_IMAGE"), (sklearn_image, "SERVING_SKLEARN_IMAGE")):
         try:
             client.images.get(image)
@@ -184,19 +209,32 @@ def build(client, base_image: str, sklearn_image: str, repository: str, workspac
             raise PipelineError(msg) from None
 
     context = build_context(dockerfile, workspace / MODEL_DIR)
-    args = {"SERVING_SKLEARN_IMAGE": sklearn_image, "MODEL_NAME": release["model_name"],
-            "MODEL_VERSION": release["model_version"]}
+    args = {
+        "SERVING_SKLEARN_IMAGE": sklearn_image,
+        "MODEL_NAME": release["model_name"],
+        "MODEL_VERSION": release["model_version"],
+    }
     convert_tag = f"{tag}-convert"
-    print(f"build_serving_image: compiling the model (stage {CONVERT_STAGE} FROM {sklearn_image})",
-          file=sys.stderr)
-    _build(client, context, convert_tag, {**args, "SERVING_RUNTIME_IMAGE": sklearn_image},
-           target=CONVERT_STAGE)
+    print(
+        f"build_serving_image: compiling the model (stage {CONVERT_STAGE} FROM {sklearn_image})",
+        file=sys.stderr,
+    )
+    _build(
+        client,
+        context,
+        convert_tag,
+        {**args, "SERVING_RUNTIME_IMAGE": sklearn_image},
+        target=CONVERT_STAGE,
+    )
     try:
         spec = conversion_result(client, convert_tag)
         path = str(spec.get("path"))
         variant = base_image if path == "onnx" else sklearn_image
-        print(f"build_serving_image: inference path {path} ({spec.get('note')}): "
-              f"building {tag} FROM {variant}", file=sys.stderr)
+        print(
+            f"build_serving_image: inference path {path} ({spec.get('note')}): "
+            f"building {tag} FROM {variant}",
+            file=sys.stderr,
+        )
         labels = {
             LABEL_MODEL_NAME: release["model_name"],
             LABEL_MODEL_VERSION: release["model_version"],
@@ -214,9 +252,15 @@ def build(client, base_image: str, sklearn_image: str, repository: str, workspac
         except docker.errors.DockerException:
             pass
     image = client.images.get(tag)
-    return {**release, "image": tag, "image_id": image_id or image.id, "reused": False,
-            "inference_path": path, "inference_note": str(spec.get("note", "")),
-            "variant_image": variant}
+    return {
+        **release,
+        "image": tag,
+        "image_id": image_id or image.id,
+        "reused": False,
+        "inference_path": path,
+        "inference_note": str(spec.get("note", "")),
+        "variant_image": variant,
+    }
 
 
 def use_existing(client, tag: str) -> dict[str, Any]:
@@ -241,13 +285,20 @@ def use_existing(client, tag: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.build_serving_image",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.build_serving_image", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--workspace", default=".", type=Path)
-    parser.add_argument("--base-image", default=os.environ.get("SERVING_IMAGE", ""),
-                        help="the lean serving image (compiled path)")
-    parser.add_argument("--sklearn-image", default=os.environ.get("SERVING_SKLEARN_IMAGE", ""),
-                        help="the sklearn variant: compiles, and serves what fails the check")
+    parser.add_argument(
+        "--base-image",
+        default=os.environ.get("SERVING_IMAGE", ""),
+        help="the lean serving image (compiled path)",
+    )
+    parser.add_argument(
+        "--sklearn-image",
+        default=os.environ.get("SERVING_SKLEARN_IMAGE", ""),
+        help="the sklearn variant: compiles, and serves what fails the check",
+    )
     parser.add_argument("--repository", default=DEFAULT_REPOSITORY)
     parser.add_argument("--dockerfile", type=Path, default=Path(DEFAULT_DOCKERFILE))
     parser.add_argument("--image", default="", help="use this existing image, build nothing")
@@ -260,10 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.base_image:
             raise PipelineError("no serving base image: set SERVING_IMAGE or --base-image")
         if not args.sklearn_image:
-            raise PipelineError("no sklearn serving image: set SERVING_SKLEARN_IMAGE or "
-                                "--sklearn-image")
-        return build(client, args.base_image, args.sklearn_image, args.repository,
-                     args.workspace.resolve(), args.dockerfile)
+            raise PipelineError(
+                "no sklearn serving image: set SERVING_SKLEARN_IMAGE or --sklearn-image"
+            )
+        return build(
+            client,
+            args.base_image,
+            args.sklearn_image,
+            args.repository,
+            args.workspace.resolve(),
+            args.dockerfile,
+        )
 
     return report("build_serving_image: error", run)
 

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 from pipelines.common import PipelineError, fingerprint
 
@@ -112,8 +122,43 @@ class SplitParams(Section):
     random_state: int
 
 
+@dataclass(frozen=True)
+class Window:
+    """`train.window`: the most recent `size` days or rows of the dataset, or all of it."""
+
+    unit: Literal["all", "days", "rows"]
+    size: int | None  # a whole number above 0; None for `all`
+
+    def __str__(self) -> str:
+        if self.unit == "all":
+            return "all"
+        return f"{self.size} {self.unit if self.size != 1 else self.unit[:-1]}"
+
+
+WINDOW_TEXT = re.compile(r"\s*(?:(?P<all>all)|(?P<size>\d+)\s*(?P<unit>days?|rows?))\s*", re.I)
+
+
+def parse_window(value: Any) -> Window:
+    """`all`, `<N> days` or `<N> rows` (N > 0); one message for every other value."""
+    if isinstance(value, Window):
+        return value
+    match = WINDOW_TEXT.fullmatch(value) if isinstance(value, str) else None
+    if match is None or (match["size"] is not None and int(match["size"]) == 0):
+        raise ValueError("must be `all`, `<N> days` or `<N> rows`, N a whole number above 0")
+    if match["all"]:
+        return Window(unit="all", size=None)
+    unit = match["unit"].lower()
+    return Window(unit="days" if unit.startswith("day") else "rows", size=int(match["size"]))
+
+
+# Written as text in params.yaml (and so in MLflow params and DAG overrides: `train.window=30
+# days`); a mapping form would not survive `--set` overrides that change the unit.
+TrainWindow = Annotated[Window, PlainValidator(parse_window), PlainSerializer(str, return_type=str)]
+
+
 class TrainParams(Section):
     experiment: str = Field(min_length=1)
+    window: TrainWindow
     estimator: str = Field(min_length=1)
     random_state: int | None
     class_weight: Literal["balanced"] | None

@@ -1,6 +1,7 @@
 """The built-in `demo` source: a daily batch of a churn-like tabular classification problem.
 
-A batch is a pure function of (date, seed, rows): the same arguments give the same frame.
+A batch is a pure function of (date, seed, rows): the same arguments give the same frame. A large
+batch is made in parts (`batch_parts`), each from its own seed, so it never has to be held whole.
 It has named numeric and categorical features, missing values, class imbalance (15-30 %
 churners, rising) and gradual drift over dates: charges, support calls and the fibre share
 rise, month-to-month contracts fall and the weight of price in churn grows, so that scheduled
@@ -10,6 +11,7 @@ retraining matters.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -27,11 +29,14 @@ def _probs(weights: list[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def generate(date: dt.date, seed: int = 42, rows: int = 3000) -> pd.DataFrame:
-    """Return the demo batch of `date` (deterministic in date, seed and rows)."""
+def generate(
+    date: dt.date, seed: int = 42, rows: int = 3000, part: int = 0, first_id: int = 0
+) -> pd.DataFrame:
+    """Return the demo batch of `date` (deterministic in date, seed and rows); `part` > 0 is
+    another part of the same day's batch, its ids counted from `first_id`."""
     if rows <= 0:
         return pd.DataFrame()
-    rng = np.random.default_rng([int(seed), date.toordinal()])
+    rng = np.random.default_rng([int(seed), date.toordinal(), *([part] if part else [])])
     t = (date - EPOCH).days / 365.0  # years since EPOCH: the drift clock
 
     contract = rng.choice(CONTRACTS, size=rows, p=_probs([0.55 - 0.1 * t, 0.25, 0.20 + 0.1 * t]))
@@ -71,7 +76,7 @@ def generate(date: dt.date, seed: int = 42, rows: int = 3000) -> pd.DataFrame:
     event_time = pd.Timestamp(date) + pd.to_timedelta(seconds.round(), unit="s")
     return pd.DataFrame(
         {
-            "customer_id": [f"C{date:%Y%m%d}-{i:05d}" for i in range(rows)],
+            "customer_id": [f"C{date:%Y%m%d}-{i:05d}" for i in range(first_id, first_id + rows)],
             "event_time": event_time.astype("datetime64[ns]"),
             "tenure_months": tenure,
             "monthly_charges": monthly.round(2),
@@ -87,3 +92,9 @@ def generate(date: dt.date, seed: int = 42, rows: int = 3000) -> pd.DataFrame:
             "churned": churned,
         }
     )
+
+
+def batch_parts(date: dt.date, seed: int, rows: int, part_rows: int) -> Iterator[pd.DataFrame]:
+    """The demo batch of `date` in parts of `part_rows` (one part: exactly `generate`'s batch)."""
+    for part, start in enumerate(range(0, rows, part_rows)):
+        yield generate(date, seed, min(part_rows, rows - start), part=part, first_id=start)

@@ -37,7 +37,8 @@ from pipelines.common import (
     replace_dir,
     run_cli,
 )
-from pipelines.data import features, load_dataset, resolve_task, split, target
+from pipelines.data import encoded_width, features, read_split, target
+from pipelines.memory import SCORE_BYTES_PER_CELL, Budget, family_factor
 from pipelines.scoring import predicted_labels, score
 
 if TYPE_CHECKING:
@@ -139,11 +140,16 @@ def write_plots(root: Path, plots: dict[str, Any]) -> None:
 
 def evaluate(params: Params, root: Path) -> dict[str, Any]:
     model, _ = tracking.load_model(root)
-    df = load_dataset(root, params)
-    task, _ = resolve_task(params, df[params.schema.target])
-    _, holdout = split(df, params, task)
-    X, y = features(holdout, params), target(holdout, params, task)
-    metrics = {**score(model, X, y, task), "holdout_rows": len(holdout)}
+    budget = Budget("evaluate")
+    data = read_split(root, params, budget)
+    task, window = data.task, data.summary(params.schema.date_column)
+    X, y = features(data.holdout, params), target(data.holdout, params, task)
+    del data
+    name = params.train.estimator
+    budget.check(
+        "score", len(X), encoded_width(X, params), family_factor(SCORE_BYTES_PER_CELL, name), name
+    )
+    metrics = {**score(model, X, y, task), "holdout_rows": len(X)}
     write_plots(root, plot_data(model, X, y, task, seed=params.split.random_state))
     atomic_write_json(root / METRICS_FILE, metrics)
 
@@ -158,7 +164,14 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
             if value is not None:
                 client.log_metric(run_id, f"holdout_{name}", value)
         client.log_artifacts(run_id, str(root / PLOTS_DIR), "plots")
-    return {"stage": "evaluate", "task": task, "run_id": run_id, **metrics}
+    return {
+        "stage": "evaluate",
+        "task": task,
+        "run_id": run_id,
+        "window": window,
+        "memory": budget.summary(),
+        **metrics,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

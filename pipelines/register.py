@@ -32,7 +32,8 @@ from pipelines.common import (
     log,
     run_cli,
 )
-from pipelines.data import features, load_dataset, resolve_task, split, target
+from pipelines.data import encoded_width, features, read_split, target
+from pipelines.memory import SCORE_BYTES_PER_CELL, Budget, family_factor
 from pipelines.scoring import improvement, score
 
 if TYPE_CHECKING:
@@ -129,11 +130,15 @@ def register(params: Params, root: Path) -> dict[str, Any]:
     except OSError as exc:
         raise PipelineError(f"no training run at {TRAIN_RUN_FILE}: run train first") from exc
 
-    df = load_dataset(root, params)
-    task, _ = resolve_task(params, df[params.schema.target])
+    budget = Budget("register")
+    data = read_split(root, params, budget)
+    task, window = data.task, data.summary(params.schema.date_column)
     metric = getattr(params.register.metric, task)
-    _, holdout = split(df, params, task)
-    X, y = features(holdout, params), target(holdout, params, task)
+    X, y = features(data.holdout, params), target(data.holdout, params, task)
+    del data
+    estimator = params.train.estimator
+    factor = family_factor(SCORE_BYTES_PER_CELL, estimator)
+    budget.check("score", len(X), encoded_width(X, params), factor, estimator)
     model, metadata = tracking.load_model(root)
     candidate_score = score(model, X, y, task)[metric]
     if candidate_score is None:
@@ -193,12 +198,13 @@ def register(params: Params, root: Path) -> dict[str, Any]:
         "champion_score": champion_score,
         "previous_champion_version": str(champion.version) if champion is not None else None,
         "champion_version": str(champion_after) if champion_after is not None else None,
-        "holdout_rows": len(holdout),
+        "holdout_rows": len(X),
+        "window": window,
         "data_version": run["data_version"],
         "git_commit": run["git_commit"],
     }
     atomic_write_json(root / REGISTRATION_FILE, report)
-    return {"stage": "register", **report}
+    return {"stage": "register", **report, "memory": budget.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:

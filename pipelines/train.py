@@ -32,14 +32,14 @@ from pipelines.common import (
 )
 from pipelines.data import (
     data_version,
+    encoded_width,
     features,
-    load_dataset,
     model_schema,
-    resolve_task,
-    split,
+    read_split,
     target,
 )
 from pipelines.estimators import build_pipeline, class_path, make_estimator
+from pipelines.memory import FIT_BYTES_PER_CELL, Budget, family_factor
 from pipelines.profile import log_profile, save_profile, training_profile
 from pipelines.scoring import score
 
@@ -122,25 +122,47 @@ def logged_params(params: Params, task: str, estimator: Any):
     yield "task", task
 
 
+def window_logs(window: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """The window in force as MLflow params (`window.first_date`, ...) and metrics (rows)."""
+    texts = {f"window.{k}": v for k, v in window.items() if isinstance(v, str)}
+    counts = {
+        "window_rows": window["rows"],
+        "window_files": window["files"],
+        "history_files": window["history_files"],
+        "train_rows": window["train_rows"],
+        "holdout_rows": window["holdout_rows"],
+    }
+    return texts, counts
+
+
 def train(params: Params, root: Path) -> dict[str, Any]:
     import mlflow
 
-    df = load_dataset(root, params)
-    name = params.schema.target
-    if name not in df:
-        raise PipelineError(f"target column '{name}' is not in the dataset")
-    task, how = resolve_task(params, df[name])
-    log("train", f"task: {task} ({how})")
+    budget = Budget("train")
+    data = read_split(root, params, budget)
+    task = data.task
+    log("train", f"task: {task} ({data.how})")
     estimator = make_estimator(params, task)  # bad estimator settings fail before any fitting
-    train_df, holdout_df = split(df, params, task)
-    X, y = features(train_df, params), target(train_df, params, task)
+    window = data.summary(params.schema.date_column)
+    log(
+        "train",
+        f"window {window['window']}: {window['files']} of {window['history_files']} batches "
+        f"({window['first_date']} to {window['last_date']}), {window['rows']} rows",
+    )
+    X, y = features(data.train, params), target(data.train, params, task)
+    holdout_rows = len(data.holdout)
+    del data  # the window's frame: only the model's input is kept for fitting
     check_trainable(X, y, task)
+    name = params.train.estimator
+    budget.check(
+        "fit", len(X), encoded_width(X, params), family_factor(FIT_BYTES_PER_CELL, name), name
+    )
     pipeline = build_pipeline(params, estimator)
     try:
         pipeline.fit(X, y)
     except (TypeError, ValueError) as exc:  # e.g. a hyperparameter value the estimator refuses
         raise PipelineError(f"{params.train.estimator} failed to fit: {first_line(exc)}") from None
-    log("train", f"{class_path(estimator)} fitted on {len(train_df)} rows")
+    log("train", f"{class_path(estimator)} fitted on {len(X)} rows")
 
     lineage = {
         "data_version": data_version(root),
@@ -168,12 +190,17 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "conveyor.ingest_date": params.ingest.date.isoformat(),
             }
         )
-        mlflow.log_params({k: str(v)[:500] for k, v in logged_params(params, task, estimator)})
+        window_params, window_counts = window_logs(window)
+        mlflow.log_params(
+            {
+                **{k: str(v)[:500] for k, v in logged_params(params, task, estimator)},
+                **window_params,
+            }
+        )
         train_scores = score(pipeline, X, y, task)
         mlflow.log_metrics(
             {
-                "train_rows": len(train_df),
-                "holdout_rows": len(holdout_df),
+                **window_counts,
                 **{f"train_{k}": v for k, v in train_scores.items() if v is not None},
             }
         )
@@ -191,13 +218,15 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         "model_uri": info.model_uri,
         "estimator": params.train.estimator,
         "task": task,
+        "window": window,
         **lineage,
     }
     atomic_write_json(root / TRAIN_RUN_FILE, handoff)
     return {
         "stage": "train",
-        "train_rows": len(train_df),
-        "holdout_rows": len(holdout_df),
+        "train_rows": len(X),
+        "holdout_rows": holdout_rows,
+        "memory": budget.summary(),
         **handoff,
     }
 

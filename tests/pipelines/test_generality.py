@@ -26,7 +26,7 @@ import yaml
 from sklearn import datasets
 
 from pipelines.config import load_params, validate
-from pipelines.data import features, load_dataset, resolve_task, split
+from pipelines.data import features, load_window, resolve_task, split
 from pipelines.scoring import METRICS
 from tests.pipelines.dvc_repo import REPO, commit, copy_repo, run, set_params, stages_run
 
@@ -356,17 +356,17 @@ def test_dates_and_unknown_columns_of_the_messy_table(matrix):
     result = outcome(matrix, "messy", "logistic_regression")
     assert result.validation["unknown_columns"] == ["Notes"]
     params = load_params(result.repo / "params.yaml")
-    years = load_dataset(result.repo, params)["Signup Year"].dt.year
+    years = load_window(result.repo, params)["Signup Year"].dt.year
     assert (years.min(), years.max()) == (2012, 2023)  # years, not nanoseconds since 1970
     cancer = outcome(matrix, "breast_cancer", "random_forest").repo
-    dates = load_dataset(cancer, load_params(cancer / "params.yaml"))["biopsy year"]
+    dates = load_window(cancer, load_params(cancer / "params.yaml"))["biopsy year"]
     assert dates.dt.year.between(2000, 2019).all() and (dates.dt.dayofyear == 1).all()
 
 
 def _holdout(repo: Path) -> pd.DataFrame:
     """The holdout the pipeline scored, rebuilt with its own functions."""
     params = load_params(repo / "params.yaml")
-    data = load_dataset(repo, params)
+    data = load_window(repo, params)
     task, _ = resolve_task(params, data[params.schema.target])
     return features(split(data, params, task)[1], params)
 

@@ -128,6 +128,11 @@ def test_an_import_path_estimator_gets_its_hyperparameters_through_quoted_keys(p
         ("monitor.window=an hour", "monitor.window: String should match pattern"),
         ("monitor.min_samples=many", "monitor.min_samples: Input should be a valid integer"),
         ("monitor.surprise=1", "monitor.surprise: unknown key"),
+        ("train.window=30", "train.window: must be `all`, `<N> days` or `<N> rows`"),
+        ("train.window=0 days", "(got '0 days')"),
+        ("train.window=2 weeks", "train.window: must be `all`"),
+        ("train.window=12 rows", None),
+        ("train.window=all", None),
     ],
 )
 def test_bad_values_are_refused_in_one_line_and_the_file_is_unchanged(

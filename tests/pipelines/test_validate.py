@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import demo
 from pipelines.common import DATASET_DIR, LANDING_DIR, QUARANTINE_DIR, VALIDATION_FILE, Quarantined
-from pipelines.data import SCHEMA_FILE, dataset_dir, load_dataset
+from pipelines.data import SCHEMA_FILE, dataset_dir, load_window
 from pipelines.ingest import ingest
 from pipelines.validate import check_batch, validate
 from pipelines.validate import main as validate_main
@@ -210,7 +210,7 @@ def test_a_new_schema_gets_a_new_dataset_folder_and_never_mixes_rows(ml_root, ml
         "2026-01-02.parquet",
         SCHEMA_FILE,
     ]
-    data = load_dataset(ml_root, ml_params)
+    data = load_window(ml_root, ml_params)
     assert len(data) == 600 and "payment_method" not in data
     assert (data["event_time"].dt.date == pd.Timestamp("2026-01-02").date()).all()
 
@@ -225,7 +225,7 @@ def test_a_batch_whose_column_kinds_differ_from_its_folder_is_quarantined(ml_roo
     report = json.loads((ml_root / QUARANTINE_DIR / "2026-01-02" / "report.json").read_text())
     (entry,) = report["failures"]
     assert (entry["expected"], entry["observed"]) == ("number", "text")
-    assert len(load_dataset(ml_root, ml_params)) == 600  # only the first day
+    assert len(load_window(ml_root, ml_params)) == 600  # only the first day
 
 
 def test_a_regression_target_must_be_numeric(ml_root, ml_params):
