@@ -41,11 +41,18 @@ def state() -> dict:
     served = get(base.format(env["SERVING_PORT"]) + "/metadata")
     ps = subprocess.run(
         ["bash", "scripts/stack.sh", "ps", "--format", "{{.Service}} {{.State}} {{.Health}}"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "CONVEYOR_ENV_FILE": str(ENV_FILE)},
     ).stdout.split("\n")
     unhealthy = [
-        line for line in ps if line.strip() and not line.startswith("airflow-init ")
+        line
+        for line in ps
+        if line.strip()
+        and not line.startswith("airflow-init ")
         and not line.endswith(" running healthy")
     ]
     return {

@@ -60,9 +60,10 @@ DAG_DOC = """
 
 Takes the batch of the run's date from the configured source to a served model. Runs come from
 the clock (`RETRAIN_SCHEDULE`), by hand, from a batch landing in the landing bucket (DAG
-`landing`) or from input drift (DAG `monitor`). Every step runs in the training image
-(`TRAIN_IMAGE`) as a DockerOperator task on the shared workspace volume; the task log shows the
-container's output.
+`landing`) or from input drift (DAG `monitor`). Every step runs as a DockerOperator task on the
+shared workspace volume, the ML stages in the training image (`TRAIN_IMAGE`, pipelines/), the
+image build and the deploy in the release image (`RELEASE_IMAGE`, release/); the task log shows
+the container's output.
 
 | step | what it does |
 |---|---|
@@ -197,10 +198,11 @@ with DAG(
     docker_api = {"DOCKER_HOST": setting("DOCKER_HOST")}
     build = ConveyorDockerOperator(
         task_id="build_serving_image",
+        image=setting("RELEASE_IMAGE"),
         command=[
             "python",
             "-m",
-            "pipelines.build_serving_image",
+            "release.build",
             "--workspace",
             WORKSPACE,
             "--dockerfile",

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.build_serving_image import report
 from pipelines.common import PipelineError
 from release import settings as release_settings
+from release.build import report
 from release.target import Release
 
 TARGETS = {

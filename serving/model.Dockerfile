@@ -1,5 +1,5 @@
 # Bake a model into a serving image (context: a directory holding the MLflow model in `model/`).
-# Two stages, built by the bake step (python -m pipelines.build_serving_image) in two builds:
+# Two stages, built by the bake step (python -m release.build) in two builds:
 # 1. `convert`, FROM the sklearn variant: compiles the model to ONNX and checks it against sklearn
 #    (serving.convert), writing /tmp/compiled/serving.json. The bake step builds this target
 #    first and reads that file from a short-lived container: the final FROM cannot depend on a

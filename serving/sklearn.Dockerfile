@@ -1,7 +1,7 @@
 # The sklearn variant of the prediction server: the lean image's runtime plus scikit-learn,
 # pandas, skops, skl2onnx/onnx, mlflow-skinny and dvc. It serves
 # - a baked model whose compiled path failed the parity check or cannot be converted (the bake
-#   step, python -m pipelines.build_serving_image, picks this variant then), with sklearn;
+#   step, python -m release.build, picks this variant then), with sklearn;
 # - a model fetched at start-up (MODEL_SOURCE=mlflow: the registry's champion; MODEL_SOURCE=dvc),
 #   compiled once into CACHE_DIR (outside MODEL_DIR), served by ONNX when it matches sklearn;
 # and it is where serving/model.Dockerfile compiles a model at bake time.

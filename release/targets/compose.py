@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.build_serving_image import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
 from pipelines.common import atomic_write_text
+from release.build import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
 from release.settings import ComposeSettings
 from release.target import DeployError, Release, engine, http_json
 

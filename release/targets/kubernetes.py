@@ -18,7 +18,7 @@ import subprocess
 import sys
 from typing import Any
 
-from pipelines.build_serving_image import LABEL_MODEL_VERSION
+from release.build import LABEL_MODEL_VERSION
 from release.manifests import in_registry, kubectl
 from release.settings import KubernetesSettings
 from release.target import DeployError, Release, engine

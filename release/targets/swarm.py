@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from pipelines.build_serving_image import LABEL_MODEL_VERSION
+from release.build import LABEL_MODEL_VERSION
 from release.settings import SwarmSettings
 from release.target import DeployError, Release, engine
 

@@ -166,6 +166,7 @@ def test_deploy_and_build_pods_carry_their_wiring(kube_dag):
     )
     build = _pod(kube_dag.get_task("build_serving_image"))
     (base,) = [c for c in build["spec"]["containers"] if c["name"] == "base"]
+    assert base["image"] == ENV["RELEASE_IMAGE"]
     volumes = {v["name"]: v for v in build["spec"]["volumes"]}
     dockerfile = next(
         m

@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from pipelines.build_serving_image import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
+from release.build import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).parent / "fake_serving" / "server.py"

@@ -1,5 +1,5 @@
 """The serving images on the real engine: the lean image carries no pandas/sklearn/scipy/mlflow/
-dvc; the bake (pipelines.build_serving_image) compiles, checks and picks the variant (lean for a
+dvc; the bake (release.build) compiles, checks and picks the variant (lean for a
 model that compiles, sklearn for one that does not); a baked model runs read-only, non-root,
 without capabilities, ready through its HEALTHCHECK, with in-process predictions, survives the
 worst bodies under MAX_BODY_BYTES within its production memory limit, and stops on SIGTERM under
@@ -97,7 +97,7 @@ def bake(images: dict[str, str], model_dir: Path, workspace: Path, version: str)
         [
             sys.executable,
             "-m",
-            "pipelines.build_serving_image",
+            "release.build",
             "--workspace",
             str(workspace),
             "--dockerfile",

@@ -1,6 +1,6 @@
 """Build the serving image with the registered model baked in (the DAG's `build_serving_image`).
 
-    python -m pipelines.build_serving_image [--workspace /workspace] [--base-image IMAGE]
+    python -m release.build [--workspace /workspace] [--base-image IMAGE]
                                             [--repository conveyor/serving-model] [--image TAG]
 
 Reads `reports/registration.json` (model name, version, MLflow run id) and the model directory
@@ -286,7 +286,7 @@ def use_existing(client, tag: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.build_serving_image", description=__doc__.split("\n\n")[0]
+        prog="python -m release.build", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--workspace", default=".", type=Path)
     parser.add_argument(
