@@ -118,13 +118,14 @@ def test_schedule_is_configurable(monkeypatch, tmp_path):
     assert type(dag.schedule).__name__ == "AssetAny"  # no clock: data and drift only
 
 
-def test_every_docker_task_uses_the_training_image_and_the_workspace(dag):
+def test_every_docker_task_uses_its_image_and_the_workspace(dag):
     docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
     python_tasks = {"resolve_trigger", "decide_deploy", "keep_current_model", "summarize"}
     assert {t.task_id for t in docker_tasks} == set(EDGES) - python_tasks
     for t in docker_tasks:
-        # deploy runs release code (release/), everything else the ML stages.
-        image = RELEASE_IMAGE if t.task_id == "deploy" else TRAIN_IMAGE
+        # build and deploy run release code (release/), everything else the ML stages.
+        release = t.task_id in ("build_serving_image", "deploy")
+        image = RELEASE_IMAGE if release else TRAIN_IMAGE
         assert t.image == image, t.task_id
         assert t.force_pull is False and t.mount_tmp_dir is False, t.task_id
         assert t.auto_remove == "success", t.task_id
