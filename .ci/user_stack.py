@@ -40,7 +40,13 @@ def state() -> dict:
     ).get("model_versions", [])
     served = get(base.format(env["SERVING_PORT"]) + "/metadata")
     ps = subprocess.run(
-        ["bash", "scripts/stack.sh", "ps", "--format", "{{.Service}} {{.State}} {{.Health}}"],
+        [
+            "bash",
+            "scripts/stack.sh",
+            "ps",
+            "--format",
+            "{{.Service}} {{.State}} {{.Health}} {{.ExitCode}}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,8 +58,8 @@ def state() -> dict:
         line
         for line in ps
         if line.strip()
-        and not line.startswith("airflow-init ")
-        and not line.endswith(" running healthy")
+        and not line.endswith(" running healthy 0")
+        and not line.endswith(" exited  0")  # a one-shot service that did its job (init, roles)
     ]
     return {
         "project": env["COMPOSE_PROJECT_NAME"],

@@ -1,11 +1,11 @@
 """One glance at a `retrain` run: its note in the Airflow UI.
 
 `run_summary(...)` builds the note (Markdown, shown on the run's page and in the runs list) from
-the run's XComs: why it ran, the model version, the gate decision with both scores, deployed or
-kept, the link to the MLflow run. `set_run_note(...)` writes it through Airflow's REST API
-(`PATCH /api/v2/dags/{dag}/dagRuns/{run}`; tasks have no other way to a run's note).
-`summarize_task()` is the task the DAG ends with (trigger rule all_done: a failed or quarantined
-run gets its note too).
+the run's XComs: why it ran, the model version, the gate decision with both scores, the training
+window (dates and rows), deployed or kept, the link to the MLflow run. `set_run_note(...)` writes
+it through the REST API (`PATCH /api/v2/dags/{dag}/dagRuns/{run}`: a task has no other way to a
+run's note). `summarize_task()` is the task the DAG ends with (trigger rule all_done: a failed or
+quarantined run gets its note too).
 
 Environment (of the dag-processor and the scheduler, which runs the tasks under LocalExecutor):
   CONVEYOR_AIRFLOW_API_URL  the api-server as the worker reaches it (http://airflow-api-server:8080)
@@ -53,6 +53,14 @@ def run_summary(
             f"{r.get('metric')} {_score(r.get('candidate_score'))} vs champion "
             f"{_score(r.get('champion_score'))} (min improvement {r.get('min_improvement')})"
         )
+        window = r.get("window")
+        if window:  # pipelines/data.py's summary of the data the model was trained and scored on
+            lines.append(
+                f"Data: window `{window.get('window')}`, {window.get('files')} of "
+                f"{window.get('history_files')} batches ({window.get('first_date')} to "
+                f"{window.get('last_date')}), {window.get('train_rows')} rows trained, "
+                f"{window.get('holdout_rows')} held out"
+            )
         if r.get("run_id"):
             lines.append(f"MLflow run: {mlflow_ui.rstrip('/')}/#/runs/{r['run_id']}")
     # release/deploy.py's summary: the target and what it changed (a compose container, a

@@ -269,6 +269,16 @@ REGISTRATION = {
     "champion_score": 0.8011,
     "min_improvement": 0.002,
     "run_id": "abc123",
+    "window": {  # pipelines/data.py's summary, as register reports it
+        "window": "30 days",
+        "first_date": "2026-02-01",
+        "last_date": "2026-03-02",
+        "files": 29,
+        "history_files": 400,
+        "rows": 87000,
+        "train_rows": 69600,
+        "holdout_rows": 17400,
+    },
 }
 TRIGGER = {"date": "2026-03-02", "trigger": "landing", "reason": LANDED["reason"]}
 
@@ -292,6 +302,10 @@ def test_the_note_of_a_deployed_run():
     assert note.startswith("**retrain 2026-03-02** (landing): batch landed")
     assert "v7**, gate **promoted**: roc_auc 0.8123 vs champion 0.8011" in note
     assert "http://127.0.0.1:5000/#/runs/abc123" in note
+    assert (
+        "window `30 days`, 29 of 400 batches (2026-02-01 to 2026-03-02), 69600 rows trained, "
+        "17400 held out" in note
+    )
     assert "**deployed** v7 to compose conveyor-serving-v7 (replaced conveyor-serving-v6)" in note
     swarm = run_summary(
         date="2026-03-02",
