@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # uv trusts the host's CA store (a TLS-inspecting proxy's CA is there), like pip and curl do.
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help setup pipeline test test-dags test-fast lint engine base-images images image-report bench
+.PHONY: help setup pipeline test test-dags test-fast lint engine base-images images image-report bench bench-pipeline
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ retrain: ## trigger the retrain DAG for DATE=YYYY-MM-DD (default today) and wait
 bench: setup ## serving benchmark: Conveyor vs `mlflow models serve` on every model family (needs wrk)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	python benchmarks/serving/bench.py
+
+bench-pipeline: setup ## the daily run's cost at 1-1000 days of history, with and without train.window
+	python benchmarks/pipeline/bench.py $(ARGS)
 
 # ---- Swarm across engine nodes on this machine (scripts/swarm.sh, release/swarm/stack.yaml) ----
 # Settings from the environment or .env (SWARM_*, SERVING_REPLICAS/CPUS/MEMORY_MB; see

@@ -14,9 +14,10 @@ own arithmetic (field notes, "ONNX for scikit-learn pipelines"):
 - preprocessing in float64 (numeric inputs as double tensors, strings as string tensors), with a
   SimpleImputer converter of our own built from standard ops (IsNaN/Equal + Where): ORT has no
   double Imputer and skl2onnx's refuses string columns with a NaN missing value;
-- then a Cast to the estimator's precision: float32 for sklearn's tree models (sklearn itself
-  casts X to float32 for them, and skl2onnx adjusts the thresholds to that), float64 otherwise
-  (linear models: float32 would overflow 1e300 into NaN probabilities);
+- then a Cast to the estimator's precision: float32 for sklearn.tree's models and forests
+  (sklearn itself casts X to float32 for them, and skl2onnx adjusts the thresholds to that),
+  float64 otherwise (linear models: float32 would overflow 1e300 into NaN probabilities;
+  HistGradientBoosting: float64 thresholds, written as doubles into the tree op);
 - the preprocessed features are a second graph output: the runtime refuses a record whose
   features are not finite at the estimator's precision, exactly as on the sklearn path.
 
@@ -238,14 +239,13 @@ def _scores(sk: SklearnPredictor, batch: Batch) -> bool:
 
 # -- ONNX ----------------------------------------------------------------------------------
 def tree_precision(est: Any) -> bool:
-    """True for sklearn's tree models: they compute on float32 inputs."""
+    """True for sklearn's tree models that compute on float32 inputs (sklearn.tree and the
+    forests over it). HistGradientBoosting compares float64 inputs with float64 thresholds: it
+    stays in float64 (`_double_thresholds`)."""
     from sklearn.ensemble import BaseEnsemble
-    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import (
-        BaseHistGradientBoosting,
-    )
     from sklearn.tree import BaseDecisionTree
 
-    if isinstance(est, BaseDecisionTree | BaseHistGradientBoosting):
+    if isinstance(est, BaseDecisionTree):
         return True
     base = getattr(est, "estimators_", None)
     return (
@@ -299,6 +299,7 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
     if len(casts) != 1:
         raise Unsupported("cannot find the preprocessed features in the graph")
     _missing_like_sklearn(onx, est)
+    _double_thresholds(onx, est)
     return _expose_features(onx, spec, casts[0].inputs[0].onnx_name)
 
 
@@ -327,6 +328,53 @@ def _missing_like_sklearn(onx: Any, est: Any) -> None:
         if "nodes_missing_value_tracks_true" in attrs:
             node.attribute.remove(attrs["nodes_missing_value_tracks_true"])
         node.attribute.append(helper.make_attribute("nodes_missing_value_tracks_true", tracks))
+
+
+def _double_thresholds(onx: Any, est: Any) -> None:
+    """HistGradientBoosting splits float64 inputs on float64 thresholds; skl2onnx writes them
+    as float32 (`nodes_values`), which sends a value within a float32 step of a threshold (as
+    repeated values and imputed medians are: HGB's thresholds are often data values) down the
+    other branch: answers off by a whole leaf. The thresholds go in as doubles instead
+    (`nodes_values_as_tensor`, ai.onnx.ml 3; onnxruntime compares in double), and the tree
+    op's float32 output is cast to the double type skl2onnx declared."""
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import (
+        BaseHistGradientBoosting,
+    )
+
+    if not isinstance(est, BaseHistGradientBoosting):
+        return
+    thresholds = np.array(
+        [
+            0.0 if node["is_leaf"] else float(node["num_threshold"])
+            for per_iteration in est._predictors
+            for predictor in per_iteration
+            for node in predictor.nodes
+        ]
+    )
+    graph = onx.graph
+    trees = [n for n in graph.node if n.op_type.startswith("TreeEnsemble")]
+    if len(trees) != 1:
+        raise Unsupported(f"HistGradientBoosting: {len(trees)} tree ops in the graph, not 1")
+    (tree,) = trees
+    attrs = {a.name: a for a in tree.attribute}
+    written = np.array(attrs["nodes_values"].floats, dtype=np.float32)
+    if not np.array_equal(written, thresholds.astype(np.float32)):  # not skl2onnx's node order
+        raise Unsupported("HistGradientBoosting: the graph's nodes are not the model's")
+    tree.attribute.remove(attrs["nodes_values"])
+    tree.attribute.append(
+        helper.make_attribute("nodes_values_as_tensor", numpy_helper.from_array(thresholds))
+    )
+    index = 0 if tree.op_type == "TreeEnsembleRegressor" else 1  # values; classifier: scores
+    declared = tree.output[index]
+    tree.output[index] = f"{declared}_float32"
+    position = list(graph.node).index(tree) + 1
+    graph.node.insert(
+        position, helper.make_node("Cast", [tree.output[index]], [declared], to=TensorProto.DOUBLE)
+    )
+    for opset in onx.opset_import:
+        if opset.domain == "ai.onnx.ml":
+            opset.version = max(opset.version, 3)
 
 
 def _expose_features(onx: Any, spec: ServingSpec, features: str) -> bytes:

@@ -5,6 +5,16 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environ_per_module():
+    """The same for a module's fixtures (a module-scoped store that trains sets
+    MLFLOW_EXPERIMENT_ID before any test's own snapshot is taken)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def _environ_per_test():
     """Keep each test's changes to os.environ to itself: libraries under test write it

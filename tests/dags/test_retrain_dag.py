@@ -118,6 +118,13 @@ def test_schedule_is_configurable(monkeypatch, tmp_path):
     assert type(dag.schedule).__name__ == "AssetAny"  # no clock: data and drift only
 
 
+def test_the_note_task_is_a_teardown_so_the_run_state_is_the_work_tasks(dag):
+    """summarize runs whatever happened, and its success never hides a failed deploy."""
+    note = dag.get_task("summarize")
+    assert note.is_teardown and note.trigger_rule == "all_done_setup_success"
+    assert not note.on_failure_fail_dagrun
+
+
 def test_every_docker_task_uses_its_image_and_the_workspace(dag):
     docker_tasks = [t for t in dag.tasks if isinstance(t, DockerOperator)]
     python_tasks = {"resolve_trigger", "decide_deploy", "keep_current_model", "summarize"}

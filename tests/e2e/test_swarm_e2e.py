@@ -95,7 +95,7 @@ def swarm(test_stack: TestStack):
 def test_a_retrain_run_deploys_to_three_replicas_on_the_swarm_under_load(swarm, runs, record):
     start = time.monotonic()
     with OpenLoopClient(f"{swarm}/predict", record, rate=RATE, max_requests=RATE * 1800) as load:
-        run = runs.run("2026-04-02", {"force_deploy": True, "ready_timeout": 600}, "swarm")
+        run = runs.run("2026-05-20", {"force_deploy": True, "ready_timeout": 600}, "swarm")
         answered_when_done = len(load.result.completed)
         time.sleep(3)
     result, seconds = load.result, time.monotonic() - start

@@ -125,3 +125,36 @@ def test_unloadable_model_exits_2_with_the_reason(tmp_path):
     assert proc.stderr.strip() == (
         "serving.convert: the MLmodel file has no sklearn flavor: not an MLflow sklearn model"
     )
+
+
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_gradient_boosting_splits_values_on_its_thresholds_as_sklearn(kind, tmp_path, load):
+    """HistGradientBoosting's thresholds are often data values (repeated values, imputed
+    medians): a value on a threshold goes where sklearn's float64 comparison sends it, not
+    where a float32 one would (a whole leaf off)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.serving.conftest import save
+
+    X, y = load_diabetes(return_X_y=True)
+    X[np.random.default_rng(0).uniform(size=X.shape) < 0.05] = np.nan  # imputed: the median
+    if kind == "classifier":
+        y, estimator = y > np.median(y), HistGradientBoostingClassifier(max_iter=200)
+    else:
+        estimator = HistGradientBoostingRegressor(max_iter=200)
+    model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
+    model.fit(X[:300], y[:300])
+    X = X[300:]  # other records, the same repeated values
+    save(model, tmp_path / kind, X)
+    served = load(tmp_path / kind)
+    assert served.path == "onnx", served.note
+    rows = [[None if v != v else float(v) for v in r] for r in X]
+    out = served.predict(Batch(size=len(rows), rows=rows))
+    if kind == "regressor":
+        np.testing.assert_allclose(out.values, model.predict(X), rtol=TOLERANCE)
+    else:
+        np.testing.assert_allclose(out.proba, model.predict_proba(X), atol=TOLERANCE)

@@ -268,5 +268,8 @@ def test_down_and_up_keep_mlflow_runs_and_airflow_history(test_stack, state, tmp
     assert client.request("GET", f"/api/v2/variables/{key}")["value"] == "kept"
     if run_id:
         assert client.dag_run(dag_id, run_id)["dag_run_id"] == run_id
+        # Leave the DAG as it was: a DAG that has a run is one `make up` no longer unpauses.
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        client.request("DELETE", path, ok=(204,))
     got = test_stack.mlflow().download_artifacts(state["run_id"], "notes/hello.txt", str(tmp_path))
     assert Path(got).read_text() == f"hello from {state['run_id']}\n"
