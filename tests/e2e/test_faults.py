@@ -132,7 +132,17 @@ class Fault:
         versions = versions_of_runs(
             self.stack, registration["model_name"], {r.info.run_id for r in trained}
         )
-        assert [v.version for v in versions] == [str(registration["version"])]
+        every = {
+            v.version: v.run_id
+            for v in self.stack.mlflow().search_model_versions(
+                f"name='{registration['model_name']}'"
+            )
+        }
+        assert [v.version for v in versions] == [str(registration["version"])], (
+            registration,
+            every,
+            [r.info.run_id for r in trained],
+        )
         assert self.max_task_containers <= 1, "a task ran in two containers at once"
         assert task_containers(run["dag_run_id"]) == [], "task containers left behind"
         assert load.sent > 20

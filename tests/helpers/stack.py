@@ -116,7 +116,10 @@ class TestStack:
         os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] = "false"
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=self.url("MLFLOW_PORT"))
+        # The registry named too: the client would otherwise take the process-wide one, which
+        # an in-process test of the stages (tracking.configure) may have set to its own store.
+        url = self.url("MLFLOW_PORT")
+        return MlflowClient(tracking_uri=url, registry_uri=url)
 
     def container_id(self, service: str) -> str:
         out = self.compose("ps", "-q", service, timeout=60).stdout.split()

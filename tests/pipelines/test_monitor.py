@@ -83,6 +83,7 @@ def store(tmp_path_factory):
             import mlflow
 
             mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
         yield root, params, version, profile
 
 
