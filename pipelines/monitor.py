@@ -118,6 +118,16 @@ def traffic_from_prometheus(base: str, window: str) -> list[Traffic]:
     return list(groups.values())
 
 
+def served_versions(base: str) -> set[str]:
+    """The model versions a serving container exports `conveyor_model_info` for now (a replaced
+    container's series go stale within minutes): only their drift can ask for a retrain, while
+    a retired version's traffic of the last window is still recorded."""
+    return {
+        row["metric"].get("version", "")
+        for row in _query(base, "count by (version) (conveyor_model_info)")
+    }
+
+
 def traffic_from_file(path: Path) -> list[Traffic]:
     try:
         snap = json.loads(Path(path).read_text())
@@ -296,11 +306,12 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
     name = params.model_name()
     checked = time.time()
     plot_dir = settings.monitor_plot_dir or root / DRIFT_DIR
-    groups = (
-        traffic_from_prometheus(source, cfg.window)
-        if settings.prometheus_url
-        else traffic_from_file(Path(source))
-    )
+    if settings.prometheus_url:
+        groups = traffic_from_prometheus(source, cfg.window)
+        serving = served_versions(source)
+    else:
+        groups = traffic_from_file(Path(source))
+        serving = {g.model_version for g in groups}
 
     experiment_id = tracking.configure(root, f"{params.train.experiment}-drift")
     client = mlflow.MlflowClient()
@@ -343,12 +354,15 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
                 "max_psi": scores[worst],
                 "mlflow_run_id": run_id,
                 "plot": str(plot),
+                "serving": group.model_version in serving,
             }
         )
     if settings.pushgateway_url:
-        push(settings.pushgateway_url, name, results, cfg.psi_threshold, checked)
+        # The alerting metrics: served versions only (InputDrift is about what serves now).
+        serving_now = [r for r in results if r["serving"]]
+        push(settings.pushgateway_url, name, serving_now, cfg.psi_threshold, checked)
 
-    drifting = [r for r in results if r["verdict"] == "drift"]
+    drifting = [r for r in results if r["verdict"] == "drift" and r["serving"]]
     newest = (
         max(drifting, key=lambda r: int(r["model_version"]) if r["model_version"].isdigit() else -1)
         if drifting

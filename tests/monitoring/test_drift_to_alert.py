@@ -16,7 +16,7 @@ import socket
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from pipelines import demo, monitor
 from serving.traffic import TrafficAggregator
@@ -56,10 +56,17 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
 
     first = mlflow.MlflowClient().get_model_version(NAME, v1)
     v2 = str(mlflow.register_model(first.source, NAME).version)  # same files
+    v3 = str(mlflow.register_model(first.source, NAME).version)  # retired: served no longer
 
     traffic_port, push_port, prom_port = _free_port(), _free_port(), _free_port()
     registry = CollectorRegistry()
-    served = {v: TrafficAggregator(profile, v, registry) for v in (v1, v2)}
+    served = {v: TrafficAggregator(profile, v, registry) for v in (v1, v2, v3)}
+    # What each serving container exports beside its counts: v3's container was replaced, its
+    # traffic of the window is still in Prometheus, but its model_info series is gone.
+    info = Gauge("conveyor_model_info", "served", ["name", "version", "run_id", "inference_path"],
+                 registry=registry)  # fmt: skip
+    for version in (v1, v2):
+        info.labels(NAME, version, "", "onnx").set(1)
     server, thread = start_http_server(traffic_port, addr="127.0.0.1", registry=registry)
     try:
         config = tmp_path / "prometheus.yml"
@@ -110,7 +117,7 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
 
         # both versions' zeroed series are scraped before any record is served
         wait_until(
-            lambda: len(series("conveyor_traffic_records_total")) == 2,
+            lambda: len(series("conveyor_traffic_records_total")) == 3,
             timeout=60,
             what="the traffic counters in Prometheus",
         )
@@ -121,6 +128,7 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
         shifted["monthly_charges"] *= 2
         shifted["region"] = "atlantis"  # unknown category
         served[v2].observe(_records(profile, shifted))
+        served[v3].observe(_records(profile, shifted))
         wait_until(
             lambda: all(
                 float(s["value"][1]) >= 1500 for s in series("conveyor_traffic_records_total")
@@ -133,7 +141,9 @@ def test_drifting_traffic_fires_input_drift_for_that_version(
         monkeypatch.setenv("PUSHGATEWAY_URL", f"http://127.0.0.1:{push_port}")
         summary = monitor.monitor(params, tmp_path)
         verdicts = {r["model_version"]: r for r in summary["versions"]}
-        assert set(verdicts) == {v1, v2}, summary
+        assert set(verdicts) == {v1, v2, v3}, summary
+        # v3 drifts too, and is newer, but only a served version's drift asks for a retrain
+        assert verdicts[v3]["verdict"] == "drift" and not verdicts[v3]["serving"], summary
         assert verdicts[v1]["verdict"] == "ok" and verdicts[v2]["verdict"] == "drift", summary
         assert {f for f, v in verdicts[v2]["psi"].items() if v > params.monitor.psi_threshold} >= {
             "monthly_charges",
