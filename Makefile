@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # uv trusts the host's CA store (a TLS-inspecting proxy's CA is there), like pip and curl do.
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help setup pipeline test test-dags test-fast lint engine base-images images image-report bench bench-pipeline
+.PHONY: help setup pipeline test test-dags test-fast lint engine base-images images prune image-report bench bench-pipeline
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ base-images: engine ## pull the base images, or build local stand-ins where no r
 
 images: setup base-images ## build every project image
 	@bash scripts/build-images.sh
+
+prune: ## remove what earlier builds left (older image tags, BuildKit cache over 10GB)
+	@bash scripts/prune-images.sh
 
 image-report: ## size, layers, user, healthcheck and labels of every project image
 	@$(BIN)/python scripts/image_report.py

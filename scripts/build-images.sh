@@ -8,6 +8,7 @@
 # EXTRA_CA_CERTS=none: no extra CA) is copied to .build/ca/extra-ca.pem for the shared builder
 # image (docker/builder), which every Python image uses as its builder stage only.
 # Writes the resolved names to .build/images.env (TRAIN_IMAGE=..., SERVING_IMAGE=..., ...).
+# Before and after, scripts/prune-images.sh removes what earlier builds left behind.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -59,6 +60,8 @@ mkdir -p .build/ca
 exec 9>.build/images.lock
 flock -w 3600 9 || { say "another build-images.sh still holds .build/images.lock"; exit 1; }
 
+# Room first: what earlier builds left goes, and a nearly full disk stops here, said plainly.
+bash scripts/prune-images.sh
 [ -s .build/base-images.env ] || bash scripts/base-images.sh
 # shellcheck disable=SC1091
 . .build/base-images.env
@@ -196,3 +199,4 @@ done
 mv "$out" .build/images.env
 say "resolved -> .build/images.env:"
 sed 's/^/  /' .build/images.env >&2
+bash scripts/prune-images.sh

@@ -20,6 +20,7 @@ from scripts.airflow_api import AirflowClient, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = ROOT / "scripts" / "stack.sh"
+DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 
 
 class TestStack:
@@ -81,7 +82,18 @@ class TestStack:
         return proc
 
     def remove(self) -> None:
+        """The stack, its data and the model images its runs built (`make clean` keeps a
+        user's model images for rollback; the suite's own are of no use after it)."""
+        repository = self.env_file.exists() and self.env.get("CONVEYOR_MODEL_IMAGE_REPOSITORY")
         self.script("clean", timeout=300, check=False)
+        if not repository:
+            return
+        images = subprocess.run(
+            [DOCKER, "images", repository, "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        ).stdout.split()  # fmt: skip
+        if images:
+            subprocess.run([DOCKER, "rmi", *images], capture_output=True, timeout=300, check=False)
 
     # ------------------------------------------------------------ what runs in it
     def url(self, port_setting: str) -> str:
