@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report(json.loads(results_file.read_text()))
         return 0
-    days_list = [int(d) for d in args.days.split(",")]
+    days_list = [int(d) for d in args.days.split(",") if d]  # --days '': the large batch only
     everything = [*CLASSIFIERS, *REGRESSORS]
     chosen = everything if args.families == "all" else args.families.split(",")
     caps = {k: int(v) for k, v in (i.split("=") for i in args.no_window_cap.split(",") if i)}
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if not families:
             continue
         app = source_dir(args.workdir, task)
-        folder = history(args.workdir, app, task, max(days_list))
+        folder = history(args.workdir, app, task, max(days_list)) if days_list else None
         for days in days_list:
             ws = Workspace(args.workdir, f"ws-{task}-{days}", app)
             ws.seed(folder, days - 1)  # the warm-up run adds day `days`, the measured runs after

@@ -10,11 +10,11 @@ parentheses); and a RandomForest regressor saved the plain way (`mlflow.sklearn.
 with a numpy input example: a tensor signature), as most existing MLflow models are.
 Each model is compiled as the bake does (serving.convert) and served by each server, one worker
 each, pinned to the same core (`taskset -c 1`), with the load generator (`wrk`) on the other.
-Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records; the median of
-three wrk runs each), a
-1000-record batch, peak RSS, cold start (spawn -> first prediction), the in-process sklearn
-`predict_proba`/`predict` time for the same 1000 records (pinned to the servers' core), and the
-ratios against the targets.
+Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records; the median
+of three wrk runs each), a 1000-record batch (/predict: a list of records; /invocations and
+MLflow: the body MLflow's own client sends, `dataframe_split`, or `inputs` for the tensor model),
+peak RSS, cold start (spawn -> first prediction), the in-process sklearn `predict_proba`/`predict`
+time for the same 1000 records (pinned to the servers' core), and the ratios against the targets.
 The raw-ASGI ceiling (uvicorn + httptools answering a fixed body, no model) is printed as the
 limit. Figures depend on the machine and its load: the load average is printed with them.
 Nothing here is asserted by the tests.
@@ -134,6 +134,16 @@ def _save(model, path: Path, X, **kwargs) -> None:
         pip_requirements=[],
         **kwargs,
     )
+
+
+def mlflow_body(rows: list) -> bytes:
+    """The body MLflow's own client sends (`mlflow.utils.proto_json_utils.dump_input_data`): a
+    DataFrame as `dataframe_split`, an array as `inputs`."""
+    if not isinstance(rows[0], dict):
+        return json.dumps({"inputs": rows}).encode()
+    columns = list(rows[0])
+    data = [[r[c] for c in columns] for r in rows]
+    return json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
 
 
 def bench_rows(model_dir: Path, n: int) -> list:
@@ -430,13 +440,12 @@ def main() -> int:
         conversion = json.loads(proc.stdout.strip().splitlines()[-1])
         one, thousand = bench_rows(model_dir, 1), bench_rows(model_dir, 1000)
         tensor = not isinstance(one[0], dict)
-        key = "inputs" if tensor else "dataframe_records"
         bodies = {
             "/predict": (
                 json.dumps(one[0] if not tensor else one).encode(),
                 json.dumps(thousand).encode(),
             ),
-            "/invocations": (json.dumps({key: one}).encode(), json.dumps({key: thousand}).encode()),
+            "/invocations": (mlflow_body(one), mlflow_body(thousand)),
         }
         env = {
             "MODEL_DIR": str(model_dir),

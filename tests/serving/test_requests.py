@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,18 @@ NUMBERS = st.one_of(st.floats(min_value=-1e16, max_value=1e16), st.integers(-(2*
 MOSTLY_NUMBERS = st.one_of(NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, NUMBERS, VALUES)
 
 
+# Deterministic property runs (the same examples every time, nothing stored between runs).
+PROPERTY = {
+    "deadline": None,
+    "derandomize": True,
+    "database": None,
+    "suppress_health_check": list(HealthCheck),
+}
+RECORD_OVERRIDES = st.lists(
+    st.dictionaries(st.sampled_from(FEATURES), VALUES, max_size=3), min_size=1, max_size=4
+)
+
+
 @pytest.fixture(scope="module")
 def parser(load, model_dir) -> RequestParser:
     return RequestParser(load(model_dir).spec, max_batch=50, max_errors=3)
@@ -42,28 +55,8 @@ def slow(parser: RequestParser, records, *, mlflow: bool):
         return None
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-@given(
-    overrides=st.lists(
-        st.dictionaries(st.sampled_from(FEATURES), VALUES, max_size=3), min_size=1, max_size=4
-    ),
-    drop=st.sampled_from([None, *FEATURES]),
-    mlflow=st.booleans(),
-)
-def test_fast_path_agrees_with_the_validators(parser, overrides, drop, mlflow):
-    records = [record(**o) for o in overrides]
-    if drop:
-        del records[-1][drop]
-    fast = parser._fast_columns(records, mlflow=mlflow)
-    reference = slow(parser, records, mlflow=mlflow)
-    if fast is None:
-        return  # the validators decide (and say why)
+def assert_same_columns(fast, reference, records) -> None:
+    """The fast path's columns hold what the validators give (a NaN where they give null)."""
     assert reference is not None, records
     for name in FEATURES:
         got, want = list(fast.columns[name]), list(reference[name])
@@ -76,18 +69,75 @@ def test_fast_path_agrees_with_the_validators(parser, overrides, drop, mlflow):
             ), (name, a, b)
 
 
+@settings(max_examples=300, **PROPERTY)
+@given(
+    overrides=RECORD_OVERRIDES,
+    drop=st.sampled_from([None, *FEATURES]),
+    mlflow=st.booleans(),
+)
+def test_fast_path_agrees_with_the_validators(parser, overrides, drop, mlflow):
+    records = [record(**o) for o in overrides]
+    if drop:
+        del records[-1][drop]
+    fast = parser._fast_columns(records, mlflow=mlflow)
+    reference = slow(parser, records, mlflow=mlflow)
+    if fast is None:
+        return  # the validators decide (and say why)
+    assert_same_columns(fast, reference, records)
+
+
+@settings(max_examples=200, **PROPERTY)
+@given(
+    overrides=RECORD_OVERRIDES,
+    order=st.permutations(FEATURES),
+    extra=st.booleans(),
+)
+def test_fast_split_agrees_with_the_validators(parser, overrides, order, extra):
+    """dataframe_split's rows go straight to columns: the same values the validators give the
+    same records, in any column order, an extra column ignored (MLflow's semantics)."""
+    records = [record(**o) for o in overrides]
+    columns = [*order, "not_a_feature"] if extra else list(order)
+    rows = [[r.get(c, "ignored") for c in columns] for r in records]
+    fast = parser._fast_split({"columns": columns, "data": rows})
+    reference = slow(parser, records, mlflow=True)
+    if fast is None:
+        return  # the long way decides
+    assert_same_columns(fast, reference, records)
+
+
+def test_fast_split_takes_plain_rows_as_records_would_be(parser):
+    records = [record(), record()]
+    payload = {"columns": FEATURES, "data": [[r[c] for c in FEATURES] for r in records]}
+    fast = parser._fast_split(payload)
+    assert fast is not None and fast.size == 2
+    via_records = parser.invocations(orjson.dumps({"dataframe_records": records}))
+    for name in FEATURES:
+        assert list(fast.columns[name]) == list(via_records.columns[name]), name
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"columns": [*FEATURES, FEATURES[0]], "data": [[1] * (len(FEATURES) + 1)]},  # duplicate
+        {"columns": FEATURES[1:], "data": [[1] * (len(FEATURES) - 1)]},  # a column missing
+        {"columns": FEATURES, "data": [[1] * len(FEATURES), [1]]},  # a short row
+        {"columns": FEATURES, "data": []},  # empty
+        {"columns": FEATURES, "data": [[1] * len(FEATURES)] * 51},  # over max_batch
+    ],
+)
+def test_fast_split_leaves_malformed_payloads_to_the_long_way(parser, payload):
+    assert parser._fast_split(payload) is None
+    with pytest.raises(RequestError) as err:
+        parser.invocations(orjson.dumps({"dataframe_split": payload}))
+    assert err.value.status in (400, 422)
+
+
 @pytest.fixture(scope="module")
 def tensor_parser(load, tensor_forest_dir) -> RequestParser:
     return RequestParser(load(tensor_forest_dir).spec, max_batch=50, max_errors=3)
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@settings(max_examples=200, **PROPERTY)
 @given(
     rows=st.lists(st.lists(MOSTLY_NUMBERS, min_size=9, max_size=11), min_size=1, max_size=4),
     mlflow=st.booleans(),
