@@ -522,9 +522,12 @@ def report(results, ceiling, args, load_before, load_after) -> None:
         f"{args.duration}s, 1 worker each; load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after."
     )
+    r1, r32 = ceiling["r1"], ceiling["r32"]
     print(
         f"Raw-ASGI ceiling (uvicorn + httptools, fixed body, no model): "
-        f"{ceiling['r1']['rps']:.0f} req/s at c=1, {ceiling['r32']['rps']:.0f} at c=32.\n"
+        f"{r1['rps']:.0f} req/s at c=1 (p50 / p99 {r1['p50']:.2f} / {r1['p99']:.2f} ms), "
+        f"{r32['rps']:.0f} at c=32 ({r32['p50']:.2f} / {r32['p99']:.2f} ms): no server on this "
+        "machine answers faster or with a shorter tail.\n"
     )
     head = (
         "| model (path) | server | req/s c=1 | p50 / p99 ms c=1 | req/s c=32 | p50 / p99 ms c=32 "
