@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,18 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from release.settings import SwarmSettings  # noqa: E402
 from release.target import Release  # noqa: E402
 from release.targets import swarm as swarm_target  # noqa: E402
+from scripts.local_swarm import LocalSwarm, SwarmUpError  # noqa: E402
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/conveyor-swarm")
 CONNECTIONS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wrk(url: str, body: bytes, seconds: int, tmp: Path) -> dict:
@@ -140,7 +133,6 @@ def main() -> int:
 
     client = docker.from_env()
     run = uuid.uuid4().hex[:8]
-    prefix, stack = f"conveyor-bench-{run}", f"conveyorbench{run}"
     made: list[str] = []
     if args.image:
         first, second = args.image, f"{args.image.rsplit(':', 1)[0]}:bench-{run}"
@@ -154,35 +146,25 @@ def main() -> int:
         second = build_fake(client, f"conveyor-bench/fake-serving:v2-{run}", "2", ready=True)
         made += [first, second]
         body = b'{"inputs": [[0]]}'
-    env = {
-        **os.environ,
-        "SWARM_PREFIX": prefix,
-        "SWARM_NODES": "3",
-        "SWARM_STACK": stack,
-        "SWARM_GATEWAY_PORT": str(free_port()),
-        "SWARM_REGISTRY_PORT": str(free_port()),
-        "SWARM_SERVING_IMAGE": first,
-        "SWARM_UPDATE_MONITOR": "3s",
-        "SERVING_REPLICAS": "1",
-        "SERVING_CPUS": args.cpus,
-        "SERVING_MEMORY_MB": "1024",
-    }
+    local = LocalSwarm(
+        "conveyor-bench",
+        first,
+        run,
+        SWARM_UPDATE_MONITOR="3s",
+        SERVING_REPLICAS="1",
+        SERVING_CPUS=args.cpus,
+        SERVING_MEMORY_MB="1024",
+    )
+    prefix, stack = local.prefix, local.stack
     tmp = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     rows, deploy_row = [], {}
     try:
         started = time.monotonic()
-        up = subprocess.run(
-            ["bash", "scripts/swarm.sh", "up"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if up.returncode != 0:
-            sys.exit(f"bench: swarm.sh up failed:\n{up.stderr[-3000:]}")
+        try:
+            wiring = local.up()
+        except SwarmUpError as exc:
+            sys.exit(f"bench: {exc}")
         up_s = time.monotonic() - started
-        wiring = dict(line.split("=", 1) for line in up.stdout.split())
         url = f"{wiring['SWARM_GATEWAY_URL']}/predict"
         service = wiring["SWARM_SERVICE"]
         for replicas in (1, 2, 3):
@@ -207,17 +189,8 @@ def main() -> int:
                 }
             )
             print(f"bench: {replicas} replica(s): {result['rps']:.0f} req/s", file=sys.stderr)
-        proxy = client.containers.get(f"{prefix}-manager-proxy")
-        proxy_ip = proxy.attrs["NetworkSettings"]["Networks"][prefix]["IPAddress"]
-        settings = SwarmSettings(
-            DEPLOY_TARGET="swarm",
-            DOCKER_HOST=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
-            SWARM_DOCKER_HOST=f"tcp://{proxy_ip}:2375",
-            SWARM_SERVICE=service,
-            SWARM_REGISTRY=wiring["SWARM_REGISTRY"],
-            SWARM_REGISTRY_PUSH=wiring["SWARM_REGISTRY_PUSH"],
-            SERVING_CPUS=float(args.cpus),
-            SERVING_MEMORY_MB=1024,
+        settings = local.release_settings(
+            wiring, SERVING_CPUS=float(args.cpus), SERVING_MEMORY_MB=1024
         )
         t0 = time.monotonic()
         summary = swarm_target.deploy(Release(image=second, ready_timeout=600), settings)
@@ -228,13 +201,7 @@ def main() -> int:
             "up_s": up_s,
         }
     finally:
-        subprocess.run(
-            ["bash", "scripts/swarm.sh", "down"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
+        local.down()
         for tag in made:
             client.images.remove(tag, force=False, noprune=False)
         shutil.rmtree(tmp, ignore_errors=True)

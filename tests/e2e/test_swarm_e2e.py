@@ -12,30 +12,20 @@ the Airflow containers (release/README.md lists them). Driven through Airflow's 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
+from scripts.local_swarm import LocalSwarm
 from tests.helpers.load import OpenLoopClient
 from tests.helpers.stack import TestStack
 from tests.release.fakes import build_fake
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 RATE = 200
 AIRFLOW = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _airflow_up(stack: TestStack, **env: str) -> None:
@@ -49,31 +39,18 @@ def swarm(test_stack: TestStack):
     client = docker.from_env()
     run = uuid.uuid4().hex[:8]
     first = build_fake(client, f"conveyor-test/fake-serving:v0-{run}", "0", ready=True)
-    env = {
-        **os.environ,
-        "SWARM_PREFIX": f"conveyor-test-{run}",
-        "SWARM_NODES": "3",
-        "SWARM_STACK": f"conveyortest{run}",
-        "SWARM_GATEWAY_PORT": str(_free_port()),
-        "SWARM_REGISTRY_PORT": str(_free_port()),
-        "SWARM_SERVING_IMAGE": first,
-        "SWARM_UPDATE_MONITOR": "5s",
-        "SERVING_REPLICAS": "3",
-        "SERVING_CPUS": "1",
-        "SERVING_MEMORY_MB": "1024",
-        "SWARM_CLIENT_NETWORK": test_stack.env["CONVEYOR_SERVING_NETWORK"],
-    }
+    local = LocalSwarm(
+        "conveyor-test",
+        first,
+        run,
+        SWARM_UPDATE_MONITOR="5s",
+        SERVING_REPLICAS="3",
+        SERVING_CPUS="1",
+        SERVING_MEMORY_MB="1024",
+        SWARM_CLIENT_NETWORK=test_stack.env["CONVEYOR_SERVING_NETWORK"],
+    )
     try:
-        up = subprocess.run(
-            ["bash", "scripts/swarm.sh", "up"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert up.returncode == 0, up.stderr[-3000:]
-        wiring = dict(line.split("=", 1) for line in up.stdout.split())
+        wiring = local.up(timeout=900)
         _airflow_up(
             test_stack,
             DEPLOY_TARGET="swarm",
@@ -82,13 +59,7 @@ def swarm(test_stack: TestStack):
         yield wiring["SWARM_GATEWAY_URL"]
     finally:
         _airflow_up(test_stack, DEPLOY_TARGET="compose")
-        subprocess.run(
-            ["bash", "scripts/swarm.sh", "down"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
+        local.down()
         client.images.remove(first, force=True)
 
 

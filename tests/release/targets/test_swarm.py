@@ -10,38 +10,26 @@ requests keep succeeding). Every name is this run's own; everything is removed a
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from release.settings import SwarmSettings
 from release.target import DeployError, Release, engine
 from release.targets import swarm as target
+from scripts.local_swarm import LocalSwarm
 from tests.helpers.load import OpenLoopClient
 from tests.release.fakes import build_fake
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).resolve().parents[3]
 RATE = 200  # requests/s through the gateway
 REPLICAS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def swarm(client):
     run = uuid.uuid4().hex[:8]
-    prefix = f"conveyor-test-{run}"
     images = {
         v: build_fake(client, f"conveyor-test/fake-serving:v{v}-{run}", v, ready=True)
         for v in ("1", "2")
@@ -49,57 +37,25 @@ def swarm(client):
     images["never-ready"] = build_fake(
         client, f"conveyor-test/fake-serving:broken-{run}", "3", ready=False
     )
-    env = {
-        **os.environ,
-        "SWARM_PREFIX": prefix,
-        "SWARM_NODES": "3",
-        "SWARM_STACK": f"conveyortest{run}",
-        "SWARM_GATEWAY_PORT": str(free_port()),
-        "SWARM_REGISTRY_PORT": str(free_port()),
-        "SWARM_SERVING_IMAGE": images["1"],
-        "SWARM_UPDATE_MONITOR": "3s",
-        "SERVING_REPLICAS": str(REPLICAS),
-        "SERVING_CPUS": "0.5",
-        "SERVING_MEMORY_MB": "128",
-    }
+    local = LocalSwarm(
+        "conveyor-test",
+        images["1"],
+        run,
+        SWARM_UPDATE_MONITOR="3s",
+        SERVING_REPLICAS=str(REPLICAS),
+        SERVING_CPUS="0.5",
+        SERVING_MEMORY_MB="128",
+    )
     try:
-        up = subprocess.run(
-            ["bash", "scripts/swarm.sh", "up"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert up.returncode == 0, up.stderr[-4000:]
-        wiring = dict(line.split("=", 1) for line in up.stdout.split())
-        # From the host the proxy is reached by its address on the swarm's bridge network.
-        proxy = client.containers.get(f"{prefix}-manager-proxy")
-        proxy_ip = proxy.attrs["NetworkSettings"]["Networks"][prefix]["IPAddress"]
-        settings = SwarmSettings(
-            DEPLOY_TARGET="swarm",
-            DOCKER_HOST=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
-            SWARM_DOCKER_HOST=f"tcp://{proxy_ip}:2375",
-            SWARM_SERVICE=wiring["SWARM_SERVICE"],
-            SWARM_REGISTRY=wiring["SWARM_REGISTRY"],
-            SWARM_REGISTRY_PUSH=wiring["SWARM_REGISTRY_PUSH"],
-            SERVING_MEMORY_MB=128,
-            SERVING_CPUS=0.5,
-        )
+        wiring = local.up(timeout=600)
         yield {
-            "prefix": prefix,
+            "prefix": local.prefix,
             "images": images,
-            "settings": settings,
+            "settings": local.release_settings(wiring, SERVING_MEMORY_MB=128, SERVING_CPUS=0.5),
             "url": wiring["SWARM_GATEWAY_URL"],
         }
     finally:
-        subprocess.run(
-            ["bash", "scripts/swarm.sh", "down"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
+        local.down()
         for tag in images.values():
             client.images.remove(tag, force=True)
 
