@@ -30,10 +30,11 @@ NUMERIC_INPUT = frozenset({"double", "float", "long", "integer", "boolean"})
 
 @dataclass
 class Batch:
-    """Validated input: one list of values per column (column signature) or rows (tensor)."""
+    """Validated input: one sequence of values per column (column signature; a float64 array
+    for a number column the fast path checked) or rows (tensor)."""
 
     size: int
-    columns: dict[str, list[Any]] | None = None
+    columns: dict[str, Any] | None = None
     rows: Any = None  # a list of rows, or one float64 array (serving.requests' fast path)
 
 

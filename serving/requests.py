@@ -183,7 +183,7 @@ class RequestParser:
     def _parse_json(self, body: bytes) -> Any:
         # All commas are an upper bound of the values; only above the limit are the commas in
         # strings told apart (a regex pass, ~0.1 s for 4 MiB).
-        # (a body under 2 x max_values bytes cannot hold that many commas: no scan at all)
+        # (valid JSON under 2 x max_values bytes cannot hold that many values: no scan at all)
         if (
             len(body) >= 2 * self.max_values
             and body.count(b",") >= self.max_values
