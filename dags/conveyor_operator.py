@@ -128,13 +128,21 @@ def _last_line(logs) -> str:
 
 
 def _last_json(lines: list, task_id: str) -> dict:
-    """The command's summary: its last output line that is a JSON object."""
+    """The command's summary: the JSON object on its last output line that holds one.
+
+    DockerOperator reads stdout and stderr as one stream, so a progress line's fragment on
+    stderr can land in the same line as the summary on stdout (`deploy: ... 45.9 s{"changed"...`
+    or the summary followed by the fragment): the object is looked for anywhere in the line.
+    """
+    decoder = json.JSONDecoder()
     for line in reversed([str(x).strip() for x in lines if x]):
-        if line.startswith("{"):
+        for start in (i for i, char in enumerate(line) if char == "{"):
             try:
-                return json.loads(line)
+                found, _ = decoder.raw_decode(line, start)
             except json.JSONDecodeError:
                 continue
+            if isinstance(found, dict):
+                return found
     raise AirflowFailException(f"{task_id}: the command printed no JSON summary line")
 
 

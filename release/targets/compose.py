@@ -105,7 +105,9 @@ def container_for_host(client, host: str, network: str):
         return client.containers.get(host)
     except docker.errors.NotFound:
         pass
-    for container in client.containers.list(all=True, filters={"network": network}):
+    for container in client.containers.list(
+        all=True, filters={"network": network}, ignore_removed=True
+    ):
         net = container.attrs["NetworkSettings"]["Networks"].get(network) or {}
         if host in (net.get("Aliases") or []) or host == container.attrs["Config"]["Hostname"]:
             return container

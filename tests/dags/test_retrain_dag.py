@@ -214,5 +214,11 @@ def test_operator_reads_exit_codes_and_reasons():
     assert ops._last_line([b"only line"]) == "only line"
     summary = ["deploy: ready", '{"changed": false}', "", "INFO: some trailing log line"]
     assert ops._last_json(summary, "deploy") == {"changed": False}
+    # stderr's fragment merged into stdout's summary line, before or after it
+    merged = (
+        "deploy: svc runs img on {'node-2': 2} after 45.9 s" + '{"changed": true, "n": {"a": 1}}'
+    )
+    assert ops._last_json([merged, ""], "deploy") == {"changed": True, "n": {"a": 1}}
+    assert ops._last_json(['{"changed": true}deploy: done'], "deploy") == {"changed": True}
     with pytest.raises(ops.AirflowFailException, match="no JSON summary"):
         ops._last_json(["{not json", "text"], "deploy")

@@ -85,9 +85,7 @@ class Runs:
         )
         content = data.get("content") if isinstance(data, dict) else data
         if isinstance(content, list):
-            return "\n".join(
-                str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content
-            )
+            return "\n".join(_log_line(e) for e in content)
         return str(content)
 
     def rerun(self, run_id: str, from_task: str) -> dict:
@@ -115,6 +113,20 @@ class Runs:
             if ti["state"] in ("failed", "up_for_retry"):
                 lines.append(self.log(run["dag_run_id"], task_id, ti["try_number"])[-2500:])
         return "\n".join(lines)
+
+
+def _log_line(entry) -> str:
+    """One structured log entry as text, with the exception Airflow 3 keeps in `error_detail`."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    text = str(entry.get("event", entry))
+    for error in entry.get("error_detail") or []:
+        frame = (error.get("frames") or [{}])[-1]
+        text += (
+            f"\n  {error.get('exc_type')}: {error.get('exc_value')}"
+            f" (at {frame.get('filename')}:{frame.get('lineno')})"
+        )
+    return text
 
 
 @pytest.fixture(scope="session")

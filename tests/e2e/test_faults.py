@@ -54,7 +54,9 @@ def task_containers(run_id: str, task_id: str | None = None) -> list:
     labels = [f"io.conveyor.run_id={run_id}"]
     if task_id:
         labels.append(f"io.conveyor.task_id={task_id}")
-    return docker.from_env().containers.list(all=True, filters={"label": labels})
+    return docker.from_env().containers.list(
+        all=True, filters={"label": labels}, ignore_removed=True
+    )
 
 
 def wait_running(runs: Runs, run_id: str, task_id: str, timeout: float = 600) -> None:
