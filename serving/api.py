@@ -152,23 +152,23 @@ class ServingAPI:
                 raise RequestError(413, f"body of {int(value)} bytes is over the limit of {limit}")
         chunks: list[bytes] = []
         size = 0
-        deadline = time.monotonic() + self.settings.body_timeout
         more = True
-        while more:
-            try:
-                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-            except TimeoutError:
-                raise RequestError(
-                    408, f"body not received within {self.settings.body_timeout:g} s"
-                ) from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(413, f"body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise RequestError(
+                408, f"body not received within {self.settings.body_timeout:g} s"
+            ) from None
         if not size:
             raise RequestError(400, "empty body: expected JSON")
         return ctype, chunks[0] if len(chunks) == 1 else b"".join(chunks)

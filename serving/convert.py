@@ -300,6 +300,7 @@ def to_onnx(model: Any, spec: ServingSpec) -> bytes:
         raise Unsupported("cannot find the preprocessed features in the graph")
     _missing_like_sklearn(onx, est)
     _double_thresholds(onx, est)
+    _binary_scores_by_regressor(onx)
     return _expose_features(onx, spec, casts[0].inputs[0].onnx_name)
 
 
@@ -375,6 +376,65 @@ def _double_thresholds(onx: Any, est: Any) -> None:
     for opset in onx.opset_import:
         if opset.domain == "ai.onnx.ml":
             opset.version = max(opset.version, 3)
+
+
+def _binary_scores_by_regressor(onx: Any) -> None:
+    """A binary boosted classifier (one score column, LOGISTIC: HistGradientBoosting and
+    GradientBoosting) scored by the tree regressor op plus a Sigmoid, with its label the
+    probabilities' argmax: the same trees and arithmetic, but onnxruntime's classifier op spends
+    a fifth of its time on per-row bookkeeping for two classes (3.09 against 2.58 ms for 100
+    trees on 1000 rows, measured). The parity check holds the result to sklearn like any graph.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onx.graph
+    trees = [n for n in graph.node if n.op_type == "TreeEnsembleClassifier"]
+    if len(trees) != 1:
+        return
+    (tree,) = trees
+    attrs = {a.name: helper.get_attribute_value(a) for a in tree.attribute}
+    labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or []
+    if (
+        attrs.get("post_transform") != b"LOGISTIC"
+        or len(labels) != 2
+        or set(attrs["class_ids"]) != {0}
+    ):
+        return
+    label, scores = tree.output
+    raw, positive, negative, index = (f"{scores}_{n}" for n in ("raw", "p1", "p0", "argmax"))
+    regressor = {k: v for k, v in attrs.items() if k.startswith("nodes_") or k.startswith("base")}
+    for name in ("ids", "nodeids", "treeids", "weights", "weights_as_tensor"):
+        if f"class_{name}" in attrs:
+            regressor[f"target_{name}"] = attrs[f"class_{name}"]
+    labels_tensor = (
+        numpy_helper.from_array(np.array(labels, dtype=np.int64))
+        if "classlabels_int64s" in attrs
+        else helper.make_tensor("labels", TensorProto.STRING, [2], labels)
+    )
+    one = numpy_helper.from_array(np.ones((1, 1), dtype=np.float32))
+    nodes = [
+        helper.make_node(
+            "TreeEnsembleRegressor",
+            list(tree.input),
+            [raw],
+            domain="ai.onnx.ml",
+            n_targets=1,
+            post_transform="NONE",
+            aggregate_function="SUM",
+            **regressor,
+        ),
+        helper.make_node("Sigmoid", [raw], [positive]),
+        helper.make_node("Constant", [], [f"{scores}_one"], value=one),
+        helper.make_node("Sub", [f"{scores}_one", positive], [negative]),
+        helper.make_node("Concat", [negative, positive], [scores], axis=1),
+        helper.make_node("ArgMax", [scores], [index], axis=1, keepdims=0),
+        helper.make_node("Constant", [], [f"{label}_classes"], value=labels_tensor),
+        helper.make_node("Gather", [f"{label}_classes", index], [label], axis=0),
+    ]
+    position = list(graph.node).index(tree)
+    graph.node.remove(tree)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
 
 
 def _expose_features(onx: Any, spec: ServingSpec, features: str) -> bytes:

@@ -9,6 +9,7 @@ module is imported, and /metrics aggregates every worker's files.
 from __future__ import annotations
 
 import os
+from collections import Counter as Tally
 from typing import Any
 
 from prometheus_client import (
@@ -67,10 +68,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def count_predictions(self, version: str, labels: list[Any]) -> None:
-        counts: dict[Any, int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        for label, n in counts.items():
+        for label, n in Tally(labels).items():
             child = self._by_class.get((version, label))
             if child is None:
                 child = self._by_class[(version, label)] = self.predictions.labels(

@@ -4,8 +4,10 @@ No body can cost more than a bounded multiple of a maximum valid batch:
 1. before anything is parsed, the values in the body are counted (commas outside strings, at C
    speed): more than a full batch of MAX_BATCH_SIZE records can hold is a 413, whatever else the
    body holds. So `[{}, {}, ...]` in 4 MiB is refused before 1.4 M dicts are built;
-2. then the JSON is parsed (pydantic-core's parser: NaN/Infinity literals parse, as in MLflow's
-   server) and the number of records is checked before any record is validated;
+2. then the JSON is parsed: into the signature's types when every value has its column's plain
+   type (serving.decoders: checked while parsed, the common valid request's way), else by orjson
+   (pydantic-core's parser for NaN/Infinity literals, as in MLflow's server); the number of
+   records is checked before any record is validated;
 3. records are validated one by one (pydantic-core validators built from the signature), and
    only the first MAX_ERRORS errors are kept; the rest are counted and reported as omitted.
 
@@ -28,6 +30,7 @@ import orjson
 import pydantic_core
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 
+from serving.decoders import NUMBER, TypedDecoders, as_table
 from serving.predictors import Batch
 from serving.spec import Column, ServingSpec
 
@@ -172,6 +175,7 @@ class RequestParser:
         width = len(self.names) if self.columns else (spec.tensor_width or 1)
         # commas in a valid body: at most (width + 1) per record, plus dataframe_split's header
         self.max_values = max_batch * (width + 1) + width + 64
+        self.typed = TypedDecoders.for_columns(self.columns)
         if self.columns is not None:
             self.strict = Validators(_record_schema(self.columns, mlflow=False))
             self.lax = Validators(_record_schema(self.columns, mlflow=True))
@@ -180,7 +184,7 @@ class RequestParser:
             self.lax = Validators(_row_schema(spec, mlflow=True))
 
     # -- shared steps ---------------------------------------------------------------------
-    def _parse_json(self, body: bytes) -> Any:
+    def _check_value_count(self, body: bytes) -> None:
         # All commas are an upper bound of the values; only above the limit are the commas in
         # strings told apart (a regex pass, ~0.1 s for 4 MiB).
         # (valid JSON under 2 x max_values bytes cannot hold that many values: no scan at all)
@@ -192,6 +196,8 @@ class RequestParser:
             raise RequestError(
                 422, f"too many values for a batch of at most {self.max_batch} records"
             )
+
+    def _parse_json(self, body: bytes) -> Any:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -363,6 +369,65 @@ class RequestParser:
             columns[col.name] = values
         return Batch(size=size, columns={n: columns[n] for n in self.names})
 
+    def _decoded_columns(self, table: list[tuple[Any, ...]], size: int) -> Batch | None:
+        """Columns of typed-decoded records (serving.decoders: every value has its column's
+        plain type, null only where allowed), or None when a value is out of range. The number
+        columns become one float64 block, a null a NaN."""
+        columns: dict[str, Any] = {}
+        numbers = [i for i, col in enumerate(self.columns) if col.type in NUMBER]
+        if numbers:
+            block = np.array([table[i] for i in numbers], dtype=np.float64)
+            if not self._in_range(block):
+                return None
+            columns = {self.names[i]: block[j] for j, i in enumerate(numbers)}
+        for col, values in zip(self.columns, table, strict=True):
+            if col.name in columns:
+                continue
+            if col.type in ("long", "integer"):
+                lo, hi = INT64 if col.type == "long" else INT32
+                if min(values) < lo or max(values) > hi:
+                    return None
+            columns[col.name] = values
+        return Batch(size=size, columns={n: columns[n] for n in self.names})
+
+    def _numeric_split(self, columns: list[str], rows: list[list[Any]]) -> Batch | None:
+        """A numeric signature's dataframe_split as one float64 array (no per-value work in
+        Python), or None: a column missing or twice, ragged rows, a null where the model takes
+        none, a value out of range."""
+        position = {c: i for i, c in enumerate(columns)}
+        if len(position) != len(columns) or any(n not in position for n in self.names):
+            return None
+        try:
+            matrix = np.array(rows, dtype=np.float64)  # null -> NaN
+        except ValueError:  # ragged
+            return None
+        if matrix.shape != (len(rows), len(columns)):
+            return None
+        block = matrix[:, [position[n] for n in self.names]].T
+        nulls = np.isnan(block).any(axis=1)
+        if any(n and not c.nullable for n, c in zip(nulls, self.columns, strict=True)):
+            return None
+        if not self._in_range(block):
+            return None
+        return Batch(size=len(rows), columns=dict(zip(self.names, block, strict=True)))
+
+    @staticmethod
+    def _in_range(block: np.ndarray) -> bool:
+        return not (np.abs(block) > MAX_ABS_NUMBER).any()  # a NaN (a null) is not over it
+
+    def _typed_invocation(self, body: bytes) -> Batch | None:
+        decoded = self.typed.invocation(body) if self.typed else None
+        if decoded is None:
+            return None
+        key, payload = decoded
+        if key == "records":
+            self._check_size(payload)
+            return self._decoded_columns(as_table(payload), len(payload))
+        self._check_size(payload.data)
+        if self.typed.numeric:
+            return self._numeric_split(payload.columns, payload.data)
+        return self._fast_split({"columns": payload.columns, "data": payload.data})
+
     def batch(self, records: list[Any]) -> Batch:
         if self.columns is None:
             return Batch(size=len(records), rows=records)
@@ -372,6 +437,11 @@ class RequestParser:
 
     # -- /predict -------------------------------------------------------------------------
     def predict(self, body: bytes) -> Batch:
+        self._check_value_count(body)
+        if self.typed and (records := self.typed.predict(body)) is not None:
+            self._check_size(records)
+            if (fast := self._decoded_columns(as_table(records), len(records))) is not None:
+                return fast
         doc = self._parse_json(body)
         if self.columns is None:
             rows = doc if isinstance(doc, list) and doc and isinstance(doc[0], list) else [doc]
@@ -389,6 +459,9 @@ class RequestParser:
 
     # -- /invocations: MLflow's formats ---------------------------------------------------------
     def invocations(self, body: bytes) -> Batch:
+        self._check_value_count(body)
+        if (fast := self._typed_invocation(body)) is not None:
+            return fast
         doc = self._parse_json(body)
         if not isinstance(doc, dict):
             kind = "a list" if isinstance(doc, list) else type(doc).__name__

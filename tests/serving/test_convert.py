@@ -62,6 +62,7 @@ def test_every_family_compiles_and_matches_sklearn(family, family_dirs, load):
     else:
         np.testing.assert_allclose(out.proba, reference.predict_proba(df), atol=TOLERANCE)
         assert model.classes == [str(c) for c in reference.classes_]
+        assert out.labels == [str(c) for c in reference.predict(df)]
 
 
 def test_extreme_values_are_refused_on_both_paths(family_dirs, load):
@@ -158,3 +159,8 @@ def test_gradient_boosting_splits_values_on_its_thresholds_as_sklearn(kind, tmp_
         np.testing.assert_allclose(out.values, model.predict(X), rtol=TOLERANCE)
     else:
         np.testing.assert_allclose(out.proba, model.predict_proba(X), atol=TOLERANCE)
+        # the graph's own label output (served when labels are not the probabilities' argmax)
+        fast = served.predictor
+        batch = Batch(size=len(rows), rows=rows)
+        (labels,) = fast.session.run([served.spec.onnx_outputs["label"]], fast.feeds(batch))
+        np.testing.assert_array_equal(labels.astype(int), model.predict(X).astype(int))
