@@ -12,11 +12,13 @@ Each model is compiled as the bake does (serving.convert) and served by each ser
 each, pinned to the same core (`taskset -c 1`), with the load generator (`wrk`) on the other.
 Printed per model: requests/s and p50/p99 at 1 and 32 connections (single records; the median
 of three wrk runs each), a 1000-record batch (/predict: a list of records; /invocations and
-MLflow: the body MLflow's own client sends, `dataframe_split`, or `inputs` for the tensor model),
+MLflow: the body MLflow's own client sends, `dataframe_split`, or `inputs` for the tensor model,
+made by MLflow's `dump_input_data`: NaN for a missing number),
 peak RSS, cold start (spawn -> first prediction), the in-process sklearn `predict_proba`/`predict`
 time for the same 1000 records (pinned to the servers' core), and the ratios against the targets.
 The raw-ASGI ceiling (uvicorn + httptools answering a fixed body, no model) is printed as the
-limit. Figures depend on the machine and its load: the load average is printed with them.
+limit, and, when nginx is installed, the native one (nginx `return 200`): the machine's own
+tail. Figures depend on the machine and its load: the load average is printed with them.
 Nothing here is asserted by the tests.
 """
 
@@ -137,13 +139,15 @@ def _save(model, path: Path, X, **kwargs) -> None:
 
 
 def mlflow_body(rows: list) -> bytes:
-    """The body MLflow's own client sends (`mlflow.utils.proto_json_utils.dump_input_data`): a
-    DataFrame as `dataframe_split`, an array as `inputs`."""
-    if not isinstance(rows[0], dict):
-        return json.dumps({"inputs": rows}).encode()
-    columns = list(rows[0])
-    data = [[r[c] for c in columns] for r in rows]
-    return json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
+    """The body MLflow's own client sends, made by its own `dump_input_data`: a DataFrame as
+    `dataframe_split` (with its index; a missing number as NaN), an array as `inputs`."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.utils.proto_json_utils import dump_input_data
+
+    if isinstance(rows[0], dict):
+        return dump_input_data(pd.DataFrame(rows)).encode()
+    return dump_input_data(np.array(rows, dtype=np.float64)).encode()
 
 
 def bench_rows(model_dir: Path, n: int) -> list:
@@ -355,6 +359,22 @@ async def app(scope, receive, send):
 """
 
 
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 '{{}}'; }}
+    }}
+}}
+"""
+
+
 REPEATS = 3  # wrk runs per figure: the median of each, so one stall of a shared core is not it
 
 
@@ -426,6 +446,17 @@ def main() -> int:
     ceiling = measure(
         Server("ceiling", ceiling_cmd, {}, port), "/", b"{}", None, args.duration, tmp
     )
+
+    # the native ceiling: nginx answering `return 200`, no Python at all (when installed)
+    native = None
+    if shutil.which("nginx"):
+        port += 1
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
+        native_cmd = ["nginx", "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
+        native = measure(
+            Server("nginx", native_cmd, {}, port), "/", b"{}", None, args.duration, tmp
+        )
 
     results = []
     for label, model_dir in models.items():
@@ -512,11 +543,11 @@ def main() -> int:
             }
         )
     load_after = os.getloadavg()
-    report(results, ceiling, args, load_before, load_after)
+    report(results, ceiling, native, args, load_before, load_after)
     return 0
 
 
-def report(results, ceiling, args, load_before, load_after) -> None:
+def report(results, ceiling, native, args, load_before, load_after) -> None:
     print(
         f"\nServer on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, median of {REPEATS} runs of "
         f"{args.duration}s, 1 worker each; load average {load_before[0]:.2f} before, "
@@ -527,8 +558,17 @@ def report(results, ceiling, args, load_before, load_after) -> None:
         f"Raw-ASGI ceiling (uvicorn + httptools, fixed body, no model): "
         f"{r1['rps']:.0f} req/s at c=1 (p50 / p99 {r1['p50']:.2f} / {r1['p99']:.2f} ms), "
         f"{r32['rps']:.0f} at c=32 ({r32['p50']:.2f} / {r32['p99']:.2f} ms): no server on this "
-        "machine answers faster or with a shorter tail.\n"
+        "machine answers faster or with a shorter tail."
     )
+    if native is None:
+        print("Native ceiling: nginx not installed (Debian: apt-get install -y nginx-light).\n")
+    else:
+        r1, r32 = native["r1"], native["r32"]
+        print(
+            f"Native ceiling (nginx `return 200`, no Python): {r1['rps']:.0f} req/s at c=1 "
+            f"(p50 / p99 {r1['p50']:.2f} / {r1['p99']:.2f} ms), {r32['rps']:.0f} at c=32 "
+            f"({r32['p50']:.2f} / {r32['p99']:.2f} ms): the machine's own tail.\n"
+        )
     head = (
         "| model (path) | server | req/s c=1 | p50 / p99 ms c=1 | req/s c=32 | p50 / p99 ms c=32 "
         "| 1000-record batch ms | in-process ms | peak RSS MB | cold start s |"
