@@ -3,8 +3,10 @@ same values; the value count refuses amplifying bodies before they are parsed.""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -115,6 +117,16 @@ def test_fast_split_takes_plain_rows_as_records_would_be(parser):
         assert list(fast.columns[name]) == list(via_records.columns[name]), name
 
 
+def test_nan_in_a_split_is_a_null_on_the_fast_path(parser):
+    """MLflow's client writes a missing number as NaN: still the fast path, a null."""
+    rows = [[r[c] for c in FEATURES] for r in [record(**{"monthly_charges (usd)": math.nan})]]
+    fast = parser._fast_split({"columns": FEATURES, "data": rows})
+    assert fast is not None and math.isnan(fast.columns["monthly_charges (usd)"][0])
+    assert (
+        parser._fast_columns([record(**{"monthly_charges (usd)": math.nan})], mlflow=False) is None
+    )
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -144,6 +156,12 @@ def tensor_parser(load, tensor_forest_dir) -> RequestParser:
 )
 def test_fast_rows_agree_with_the_validators(tensor_parser, rows, mlflow):
     fast = tensor_parser._fast_rows(rows, mlflow=mlflow)
+    # told the body (no `t`/`f` in it: no boolean scan), the same answer
+    body = json.dumps(rows).encode()
+    told = tensor_parser._fast_rows(rows, mlflow=mlflow, body=body)
+    assert (told is None) == (fast is None), rows
+    if fast is not None:
+        np.testing.assert_array_equal(told.rows, fast.rows)
     if fast is None:  # declined: only what is not plain full rows of in-range numbers
         plain = all(len(r) == 10 for r in rows) and all(
             type(v) in (int, float) and abs(v) <= 1e15 for r in rows for v in r
@@ -158,6 +176,13 @@ def test_fast_rows_agree_with_the_validators(tensor_parser, rows, mlflow):
         for ra, rb in zip(fast.rows.tolist(), expected, strict=True)
         for a, b in zip(ra, rb, strict=True)
     )
+
+
+def test_a_boolean_in_a_tensor_row_is_no_number_on_predict(tensor_parser):
+    rows = [[True] + [1.5] * 9]
+    assert tensor_parser._fast_rows(rows, mlflow=False, body=json.dumps(rows).encode()) is None
+    with pytest.raises(RequestError):
+        tensor_parser.predict(json.dumps(rows).encode())
 
 
 def slow_rows(parser: RequestParser, rows, *, mlflow: bool):
