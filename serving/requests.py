@@ -423,10 +423,7 @@ class RequestParser:
         if matrix.shape != (len(rows), len(columns)):
             return None
         block = matrix[:, [position[n] for n in self.names]].T
-        nulls = np.isnan(block).any(axis=1)
-        if any(n and not c.nullable for n, c in zip(nulls, self.columns, strict=True)):
-            return None
-        if not self._in_range(block):
+        if not self._plain_numbers(block, self.columns, 0, nan_is_null=True):
             return None
         return Batch(size=len(rows), columns=dict(zip(self.names, block, strict=True)))
 
