@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.model import LoadedModel
-from serving.requests import MAX_ABS_NUMBER, MLFLOW_FORMATS, NUMERIC_STRING
+from serving.requests import INT32, INT64, MAX_ABS_NUMBER, MLFLOW_FORMATS, NUMERIC_STRING
 from serving.settings import Settings
 
 JSON = "application/json"
@@ -67,6 +67,9 @@ def mlflow_field_schema(column_type: str, nullable: bool) -> dict[str, Any]:
             {"type": "boolean"},
             {"type": "string", "pattern": NUMERIC_STRING},
         ]
+        if column_type in ("long", "integer"):  # and any int of the column's type, exact
+            lo, hi = INT64 if column_type == "long" else INT32
+            options.insert(0, {"type": "integer", "minimum": lo, "maximum": hi})
         nullable = nullable and column_type in ("double", "float")  # pandas: no null int64
     elif column_type == "string":
         options = [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]

@@ -13,7 +13,8 @@ No body can cost more than a bounded multiple of a maximum valid batch:
 
 /predict is strict (finite numbers, exact field names, null only where the model takes one);
 /invocations follows MLflow's scoring server: extra columns are ignored, numbers coerce the way
-pandas does, NaN means missing, and errors are MLflow's 400 `{error_code, message}`.
+pandas' cast to the column's type does (a double column's values are floats, an integer column's
+ints), NaN means missing, and errors are MLflow's 400 `{error_code, message}`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from serving.predictors import Batch
 from serving.spec import Column, ServingSpec
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
-# /predict's numbers: finite and within this magnitude (stated in the OpenAPI schema). Beyond it
-# a scaled feature can overflow a model; /invocations takes any number, as MLflow does, and the
-# predictors' range guard refuses what the model cannot score.
+# A double/float column's (or a tensor's) numbers, on both endpoints: finite and within this
+# magnitude (stated in the OpenAPI schema). Beyond it a scaled feature can overflow a model; within
+# it every integer is exact in a double (1e15 < 2**53). MLflow takes any double: here, on purpose,
+# this server is stricter. A long/integer column instead takes its type's whole range (INT64,
+# INT32), as ints, exact: MLflow casts such a column to int64/int32.
 MAX_ABS_NUMBER = 1e15
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
@@ -84,6 +87,19 @@ def _mlflow_number() -> core_schema.CoreSchema:
     )
 
 
+def _mlflow_integer(lo: int, hi: int) -> core_schema.CoreSchema:
+    """A long/integer on /invocations, an int as MLflow's cast of the column (pandas'
+    astype(int64/int32)) gives it: an integer within [lo, hi] as it is, exact, or what
+    _mlflow_number takes (a number within MAX_ABS_NUMBER, a boolean, a numeric string) truncated
+    toward zero, as astype truncates (2.5 -> 2, true -> 1), then within [lo, hi]."""
+    in_range = core_schema.int_schema(strict=True, ge=lo, le=hi)
+    to_int = core_schema.no_info_plain_validator_function(int)
+    return core_schema.union_schema(
+        [in_range, core_schema.chain_schema([_mlflow_number(), to_int, in_range])],
+        mode="left_to_right",
+    )
+
+
 def _mlflow_string() -> core_schema.CoreSchema:
     """A string on /invocations: any scalar (pandas keeps an object column as it is)."""
     to_str = core_schema.no_info_plain_validator_function(str)
@@ -99,10 +115,13 @@ def _mlflow_string() -> core_schema.CoreSchema:
 
 def _scalar(col: Column, *, mlflow: bool) -> core_schema.CoreSchema:
     """The validator of one field: strict on /predict, MLflow's (pandas') coercions on
-    /invocations (ints, booleans and numeric strings for doubles, any scalar for strings)."""
+    /invocations (ints, booleans and numeric strings for doubles, and as ints for integers; any
+    scalar for strings)."""
     strict = not mlflow
-    if mlflow and col.type in ("double", "float", "long", "integer"):
+    if mlflow and col.type in ("double", "float"):
         schema: core_schema.CoreSchema = _mlflow_number()
+    elif mlflow and col.type in ("long", "integer"):
+        schema = _mlflow_integer(*(INT64 if col.type == "long" else INT32))
     elif mlflow and col.type == "string":
         schema = _mlflow_string()
     elif col.type in ("double", "float"):
