@@ -107,7 +107,8 @@ dockerfile_standin() { # name tag parent-ref build-arg-name
   say "building $ref from $dir on $parent"
   local start=$SECONDS old; old=$(image_id "$ref" 2>/dev/null || true)
   "$DOCKER" build -q --build-arg "$arg=$parent" \
-    --label "conveyor.input-hash=$key" -t "$ref" "$dir" >/dev/null
+    --label "conveyor.input-hash=$key" -t "$ref" "$dir" >/dev/null \
+    || { say "building $ref failed (see above)"; return 1; }
   say "built $ref in $((SECONDS - start))s"
   drop_superseded "$old"
   echo "$ref"
@@ -118,8 +119,20 @@ DEBIAN_IMAGE=debian:$SUITE-slim
 PYTHON_IMAGE=python:3.11-slim-$SUITE
 POSTGRES_IMAGE=postgres:15-$SUITE
 available "$DEBIAN_IMAGE" || DEBIAN_IMAGE=$(debian_standin)
-available "$PYTHON_IMAGE" || PYTHON_IMAGE=$(dockerfile_standin python "3.11-slim-$SUITE" "$DEBIAN_IMAGE" DEBIAN_IMAGE)
-available "$POSTGRES_IMAGE" || POSTGRES_IMAGE=$(dockerfile_standin postgres "15-$SUITE" "$DEBIAN_IMAGE" DEBIAN_IMAGE)
+# The Python and Postgres stand-ins, both on Debian's: built side by side (each mostly waits on
+# apt), each one's name in its own file.
+resolved=$(mktemp -d)
+trap 'rm -rf "$resolved"' EXIT
+available "$PYTHON_IMAGE" \
+  || dockerfile_standin python "3.11-slim-$SUITE" "$DEBIAN_IMAGE" DEBIAN_IMAGE >"$resolved/python" &
+available "$POSTGRES_IMAGE" \
+  || dockerfile_standin postgres "15-$SUITE" "$DEBIAN_IMAGE" DEBIAN_IMAGE >"$resolved/postgres" &
+wait
+for which in python postgres; do
+  [ ! -e "$resolved/$which" ] || [ -s "$resolved/$which" ] || { say "the $which stand-in did not build"; exit 1; }
+done
+[ ! -s "$resolved/python" ] || PYTHON_IMAGE=$(cat "$resolved/python")
+[ ! -s "$resolved/postgres" ] || POSTGRES_IMAGE=$(cat "$resolved/postgres")
 
 mkdir -p .build/ca && touch .build/ca/.keep
 cat > .build/base-images.env <<ENVFILE

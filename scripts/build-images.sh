@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Build every project image (or the ones named: `scripts/build-images.sh train`) from the
+# Build every project image (or the ones named: `scripts/build-images.sh train`; or, with
+# --stack, those the Compose stack of `make up` runs: not the Swarm's nor Celery's) from the
 # repository root as context, with BuildKit where the client has it, else the classic builder.
+# With BuildKit, the images after the shared builder are built BUILD_JOBS (3) at a time: most of
+# a build is waiting on downloads or on one core, and their uv caches are one BuildKit cache.
 # Each image gets an immutable content tag (hash of its Dockerfile, the files it COPYs and the
 # base images it is built on) and OCI labels; an image whose tag exists is not rebuilt
 # (FORCE_BUILD=1 rebuilds). Base image names come from .build/base-images.env (make base-images).
@@ -8,7 +11,8 @@
 # EXTRA_CA_CERTS=none: no extra CA) is copied to .build/ca/extra-ca.pem for the shared builder
 # image (docker/builder), which every Python image uses as its builder stage only.
 # Writes the resolved names to .build/images.env (TRAIN_IMAGE=..., SERVING_IMAGE=..., ...).
-# Before and after, scripts/prune-images.sh removes what earlier builds left behind.
+# Before and after, scripts/prune-images.sh removes what earlier builds left behind (PRUNE=0:
+# not, for a caller whose containers may be using older tags: the test suite).
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -18,26 +22,28 @@ DOCKER="${DOCKER:-/usr/bin/docker}"
 UV_VERSION=$(sed -n 's/^required-version *= *"==\([0-9.]*\)"/\1/p' pyproject.toml)
 SOURCE_URL="${SOURCE_URL:-https://github.com/conveyor/conveyor}"
 
-# name | Dockerfile | env var in .build/images.env   (context: the repository root)
-# `builder` comes first: the others are built FROM it (BUILDER_IMAGE).
+# name | Dockerfile | env var in .build/images.env | who runs it   (context: the repository root)
+# `builder` comes first: the others are built FROM it (BUILDER_IMAGE). "stack": the Compose
+# stack of `make up` and its DAG's tasks; "swarm": scripts/swarm.sh; "celery":
+# airflow/compose.celery.yaml.
 IMAGES=(
-  "builder|docker/builder/Dockerfile|BUILDER_IMAGE"
-  "train|pipelines/Dockerfile|TRAIN_IMAGE"
-  "serving|serving/Dockerfile|SERVING_IMAGE"
-  "serving-sklearn|serving/sklearn.Dockerfile|SERVING_SKLEARN_IMAGE"
-  "airflow|airflow/Dockerfile|AIRFLOW_IMAGE"
-  "mlflow|docker/mlflow/Dockerfile|MLFLOW_IMAGE"
-  "s3|docker/s3/Dockerfile|S3_IMAGE"
-  "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE"
-  "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE"
-  "release|release/Dockerfile|RELEASE_IMAGE"
-  "swarm-node|docker/swarm-node/Dockerfile|SWARM_NODE_IMAGE"
-  "registry|docker/registry/Dockerfile|REGISTRY_IMAGE"
-  "swarm-gateway|docker/swarm-gateway/Dockerfile|SWARM_GATEWAY_IMAGE"
-  "redis|docker/redis/Dockerfile|REDIS_IMAGE"
-  "prometheus|docker/prometheus/Dockerfile|PROMETHEUS_IMAGE"
-  "alertmanager|docker/alertmanager/Dockerfile|ALERTMANAGER_IMAGE"
-  "exporters|docker/exporters/Dockerfile|EXPORTERS_IMAGE"
+  "builder|docker/builder/Dockerfile|BUILDER_IMAGE|stack"
+  "train|pipelines/Dockerfile|TRAIN_IMAGE|stack"
+  "serving|serving/Dockerfile|SERVING_IMAGE|stack"
+  "serving-sklearn|serving/sklearn.Dockerfile|SERVING_SKLEARN_IMAGE|stack"
+  "airflow|airflow/Dockerfile|AIRFLOW_IMAGE|stack"
+  "mlflow|docker/mlflow/Dockerfile|MLFLOW_IMAGE|stack"
+  "s3|docker/s3/Dockerfile|S3_IMAGE|stack"
+  "socket-proxy|docker/socket-proxy/Dockerfile|SOCKET_PROXY_IMAGE|stack"
+  "gateway|docker/gateway/Dockerfile|GATEWAY_IMAGE|stack"
+  "release|release/Dockerfile|RELEASE_IMAGE|stack"
+  "swarm-node|docker/swarm-node/Dockerfile|SWARM_NODE_IMAGE|swarm"
+  "registry|docker/registry/Dockerfile|REGISTRY_IMAGE|swarm"
+  "swarm-gateway|docker/swarm-gateway/Dockerfile|SWARM_GATEWAY_IMAGE|swarm"
+  "redis|docker/redis/Dockerfile|REDIS_IMAGE|celery"
+  "prometheus|docker/prometheus/Dockerfile|PROMETHEUS_IMAGE|stack"
+  "alertmanager|docker/alertmanager/Dockerfile|ALERTMANAGER_IMAGE|stack"
+  "exporters|docker/exporters/Dockerfile|EXPORTERS_IMAGE|stack"
 )
 
 say() { echo "build-images: $*" >&2; }
@@ -61,7 +67,8 @@ exec 9>.build/images.lock
 flock -w 3600 9 || { say "another build-images.sh still holds .build/images.lock"; exit 1; }
 
 # Room first: what earlier builds left goes, and a nearly full disk stops here, said plainly.
-bash scripts/prune-images.sh
+prune() { [ "${PRUNE:-1}" = 0 ] || bash scripts/prune-images.sh; }
+prune
 [ -s .build/base-images.env ] || bash scripts/base-images.sh
 # shellcheck disable=SC1091
 . .build/base-images.env
@@ -136,16 +143,17 @@ build_one() { # name dockerfile
   # Build args only for the ARGs the Dockerfile declares (no "not consumed" warnings).
   local GIT_COMMIT; GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   [ -z "$(git status --porcelain 2>/dev/null)" ] || GIT_COMMIT="$GIT_COMMIT-dirty"
-  local BUILDER_IMAGE=${resolved[BUILDER_IMAGE]:-}
-  for var in BUILDER_IMAGE PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION GIT_COMMIT; do
-    grep -Eq "^ARG ${var}(=|$)" "$dockerfile" && args+=(--build-arg "$var=${!var}")
+  local BUILDER_IMAGE=${resolved[BUILDER_IMAGE]:-} arg
+  for arg in BUILDER_IMAGE PYTHON_IMAGE POSTGRES_IMAGE DEBIAN_IMAGE UV_VERSION GIT_COMMIT; do
+    grep -Eq "^ARG ${arg}(=|$)" "$dockerfile" && args+=(--build-arg "$arg=${!arg}")
   done
   say "building $ref from $dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
   local start=$SECONDS dangling_before
   dangling_before=$("$DOCKER" images -q --no-trunc -f dangling=true | sort)
   local log=/dev/stderr
-  if [ -n "${CONVEYOR_UP_START:-}" ]; then
-    mkdir -p .build/logs; log=.build/logs/build-$name.log
+  # Under `make up`, or beside other builds: the output to .build/logs/ (shown if it fails).
+  if [ -n "${CONVEYOR_UP_START:-}" ] || [ "${PARALLEL:-0}" = 1 ]; then
+    mkdir -p .build/logs; log=.build/logs/build-$name.log; : >"$log"
     progress "image $name: building (log: $log)"
   fi
   if ! "$DOCKER" build -f "$dockerfile" -t "$ref" "${args[@]}" \
@@ -172,9 +180,14 @@ build_one() { # name dockerfile
   echo "$ref"
 }
 
-wanted=("$@")
-for name in "${wanted[@]}"; do
-  printf '%s\n' "${IMAGES[@]}" | grep -q "^$name|" || { say "unknown image '$name'"; exit 2; }
+wanted=()
+for arg in "$@"; do
+  if [ "$arg" = --stack ]; then
+    mapfile -t -O "${#wanted[@]}" wanted < <(printf '%s\n' "${IMAGES[@]}" | awk -F'|' '$4 == "stack" { print $1 }')
+  else
+    printf '%s\n' "${IMAGES[@]}" | grep -q "^$arg|" || { say "unknown image '$arg'"; exit 2; }
+    wanted+=("$arg")
+  fi
 done
 # The builder is always brought up to date first: the CA or the uv pin may have changed.
 [ "${#wanted[@]}" -eq 0 ] || wanted=(builder "${wanted[@]}")
@@ -183,20 +196,45 @@ declare -A resolved=()
 if [ -s .build/images.env ]; then
   while IFS='=' read -r key value; do [ -n "$key" ] && resolved[$key]=$value; done < .build/images.env
 fi
+rows=()
 for row in "${IMAGES[@]}"; do
-  IFS='|' read -r name dockerfile var <<<"$row"
+  IFS='|' read -r name dockerfile var _ <<<"$row"
   # Not asked for: keep what an earlier run resolved.
   if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then continue; fi
   if [ ! -f "$dockerfile" ]; then say "skip $name: no $dockerfile yet"; unset "resolved[$var]"; continue; fi
-  ref=$(build_one "$name" "$dockerfile")
-  resolved[$var]=$ref
+  rows+=("$name|$dockerfile|$var")
+done
+
+# The builder first (the others are built FROM it), then the rest: BUILD_JOBS at a time with
+# BuildKit; one by one with the classic builder (its clean-up of dangling builder stages must
+# not see another build's).
+jobs_max=${BUILD_JOBS:-3}
+[ "$DOCKER_BUILDKIT" = 1 ] || jobs_max=1
+refs=$(mktemp -d .build/refs.XXXXXX)
+trap 'rm -rf "$refs"' EXIT
+# A build's ref file holds its image's name once it is built, and stays empty if it failed.
+for row in "${rows[@]}"; do
+  IFS='|' read -r name dockerfile var <<<"$row"
+  if [ "$name" = builder ] || [ "$jobs_max" = 1 ]; then
+    build_one "$name" "$dockerfile" >"$refs/$var" || exit 1
+    resolved[$var]=$(cat "$refs/$var")
+    continue
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
+  PARALLEL=1 build_one "$name" "$dockerfile" >"$refs/$var" &
+done
+wait
+for row in "${rows[@]}"; do
+  IFS='|' read -r name _ var <<<"$row"
+  [ -s "$refs/$var" ] || { say "image $name did not build (see above)"; exit 1; }
+  resolved[$var]=$(cat "$refs/$var")
 done
 out=$(mktemp .build/images.env.XXXXXX)
 for row in "${IMAGES[@]}"; do
-  IFS='|' read -r _ _ var <<<"$row"
+  IFS='|' read -r _ _ var _ <<<"$row"
   if [ -n "${resolved[$var]:-}" ]; then echo "$var=${resolved[$var]}" >> "$out"; fi
 done
 mv "$out" .build/images.env
 say "resolved -> .build/images.env:"
 sed 's/^/  /' .build/images.env >&2
-bash scripts/prune-images.sh
+prune

@@ -16,7 +16,7 @@ bash scripts/base-images.sh
 progress "base images ready"
 # With CONVEYOR_UP_START set, build-images.sh prints one progress line per image and keeps each
 # build's output in .build/logs/ (shown when a build fails).
-bash scripts/build-images.sh
+bash scripts/build-images.sh --stack
 progress "images ready"
 bash scripts/stack.sh up
 progress "done"
