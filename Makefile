@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # uv trusts the host's CA store (a TLS-inspecting proxy's CA is there), like pip and curl do.
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help setup pipeline test test-dags test-fast lint engine base-images images prune image-report bench bench-pipeline
+.PHONY: help setup pipeline test test-dags test-fast test-stack test-e2e test-stack-down lint engine base-images images prune image-report bench bench-pipeline
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,12 +26,21 @@ $(VENV)/.synced: pyproject.toml uv.lock
 pipeline: setup ## run the ML pipeline on this machine (dvc repro), no Docker needed
 	dvc repro
 
-lint: setup ## ruff over the code, hadolint over every Dockerfile
+lint: setup ## ruff (lint and format) over the code, hadolint over every Dockerfile
 	ruff check .
+	ruff format --check .
 	hadolint $$(git ls-files '*Dockerfile*')
 
-test: setup engine images test-dags ## every test: unit, integration, docker and e2e
-	pytest
+# Two pytest-xdist workers: the Compose stack's tests run in order on one (tests/conftest.py
+# groups them), everything else on the other, each module whole. The 20 slowest tests close the
+# report, so the suite's budget stays in sight.
+PYTEST_PARALLEL := -n 2 --dist loadgroup --no-loadscope-reorder --durations=20
+# One OpenMP thread per test process (the workers and the commands they start): two workers
+# already fill the two cores, and a fit's OpenMP threads then wait for each other at every
+# barrier (HistGradientBoosting: a third of its CPU time lost; see tests/pipelines/dvc_repo.py).
+test test-fast: export OMP_NUM_THREADS ?= 1
+test: setup engine images test-dags ## every test: unit, integration, slow, docker and e2e
+	pytest $(PYTEST_PARALLEL)
 
 # DAG integrity tests need apache-airflow (group `airflow`), kept out of the host venv: their own
 # venv under .build/ (the host venv skips tests/dags with that reason).
@@ -39,10 +48,23 @@ AIRFLOW_VENV := .build/venv-airflow
 test-dags: ## DAG integrity tests (tests/dags) in a venv with the airflow group
 	@bash scripts/ensure-uv.sh >/dev/null
 	UV_PROJECT_ENVIRONMENT=$(AIRFLOW_VENV) $(UV) sync --frozen --no-default-groups --group airflow --group dev --group release
-	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/dags
+	CONVEYOR_REQUIRE_AIRFLOW=1 $(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider -W ignore::DeprecationWarning tests/dags
 
-test-fast: setup ## the tests that need no Docker engine
-	pytest -m "not docker and not e2e"
+test-fast: setup ## the tests that need no Docker engine, less those marked slow (dvc repro runs, fuzzing)
+	pytest -m "not docker and not e2e and not slow" $(PYTEST_PARALLEL)
+
+# The inner loop of the e2e tests: the suite's stack (.build/conveyor-test.env) brought up once
+# and left running; `make test-e2e E2E=tests/e2e/test_faults.py` runs that module (or any
+# pytest selection) against it as it is, without rebuilding images or restarting the stack.
+test-stack: setup engine images ## start the suite's own stack and leave it running
+	python -m tests.helpers.stack up
+
+test-e2e: setup ## run E2E=<tests> against the running test stack (make test-stack)
+	@[ -n "$(E2E)" ] || { echo "make test-e2e: say which tests, e.g. E2E=tests/e2e/test_faults.py" >&2; exit 2; }
+	CONVEYOR_TEST_STACK_REUSE=1 pytest $(E2E)
+
+test-stack-down: setup ## remove the suite's own stack and its data
+	python -m tests.helpers.stack down
 
 engine: ## make sure a Docker engine runs (installs Debian's docker.io as root if none)
 	@bash scripts/ensure-docker.sh

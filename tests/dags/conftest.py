@@ -2,11 +2,16 @@
 containers: the stack's Compose files (as scripts/stack.sh merges them) rendered by
 `docker-compose config` from an env file scripts/stack_env.py made from .env.example. Every DAG
 test parses the whole folder, so each sees the variables of every DAG file; Airflow's own
-settings (AIRFLOW__*) are left out (the tests run Airflow on their own AIRFLOW_HOME)."""
+settings (AIRFLOW__*) are left out (the tests run Airflow on their own AIRFLOW_HOME).
+
+`make test-dags` sets CONVEYOR_REQUIRE_AIRFLOW=1: there, a skipped test (apache-airflow or a
+provider missing from the venv) or a session that passed nothing fails the run, so that the
+target cannot pass by testing nothing."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,3 +56,13 @@ STACK_ENV = _airflow_environment()
 def _stack_env(monkeypatch):
     for key, value in STACK_ENV.items():
         monkeypatch.setenv(key, value)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CONVEYOR_REQUIRE_AIRFLOW") != "1" or exitstatus != 0:
+        return
+    stats = session.config.pluginmanager.get_plugin("terminalreporter").stats
+    skipped, passed = len(stats.get("skipped", [])), len(stats.get("passed", []))
+    if skipped or not passed:
+        print(f"\ntest-dags: {passed} passed, {skipped} skipped: every DAG test must run here")
+        session.exitstatus = 1

@@ -29,6 +29,7 @@ class TestStack:
     def __init__(self, name: str | None = None):
         self.name = name or os.environ.get("CONVEYOR_TEST_STACK") or "conveyor-test"
         self.env_file = ROOT / ".build" / f"{self.name}.env"
+        self.owned = True  # started by this session, removed at its end
 
     @cached_property
     def env(self) -> dict[str, str]:
@@ -36,7 +37,7 @@ class TestStack:
         return read_env_file(self.env_file)
 
     def script(
-        self, *args: str, timeout: float = 900, check: bool = True, **extra_env: str
+        self, *args: str, timeout: float = 600, check: bool = True, **extra_env: str
     ) -> subprocess.CompletedProcess:
         """`scripts/stack.sh ARGS` for this stack (FIRST_RUN=0: tests trigger their own runs)."""
         env = {
@@ -44,7 +45,7 @@ class TestStack:
             "CONVEYOR_ENV_FILE": str(self.env_file),
             "CONVEYOR_STACK": self.name,
             "FIRST_RUN": "0",
-            "UP_TIMEOUT": "480",
+            "UP_TIMEOUT": "420",
             **extra_env,
         }
         proc = subprocess.run(
@@ -80,6 +81,21 @@ class TestStack:
         proc = self.script("up")
         self.__dict__.pop("env", None)
         return proc
+
+    def is_up(self) -> bool:
+        """Its env file exists and every service is running and healthy (or a one-shot
+        service that exited 0): what `make test-stack` leaves behind."""
+        if not self.env_file.is_file():
+            return False
+        proc = self.compose(
+            "ps", "-a", "--format", "{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}",
+            timeout=60, check=False,
+        )  # fmt: skip
+        rows = [line.split("|") for line in proc.stdout.split() if line.count("|") == 3]
+        return bool(rows) and all(
+            (state == "running" and health in ("healthy", "")) or (state, code) == ("exited", "0")
+            for _, state, health, code in rows
+        )
 
     def remove(self) -> None:
         """The stack, its data and the model images its runs built (`make clean` keeps a
@@ -137,3 +153,24 @@ class TestStack:
         out = self.compose("ps", "-q", service, timeout=60).stdout.split()
         assert out, f"service {service} has no container"
         return out[0]
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.helpers.stack up|down`: `make test-stack` / `make test-stack-down`."""
+    stack = TestStack()
+    if argv == ["up"]:
+        if stack.is_up():
+            print(f"test stack {stack.name} is already up ({stack.env_file})", file=sys.stderr)
+            return 0
+        proc = stack.start_from_nothing()
+        print(proc.stderr[-1500:], file=sys.stderr)
+        return 0
+    if argv == ["down"]:
+        stack.remove()
+        return 0
+    print("usage: python -m tests.helpers.stack up|down", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
