@@ -7,12 +7,12 @@ targets found by Docker service discovery through a read-only socket proxy.
    container and run labels), and so is the Compose service `serving`; an unlabelled container
    and another Compose service beside them are not;
 3. a second serving container appears as a target, the first one's removal drops it;
-4. with no serving container left, ServingDown fires and reaches Alertmanager.
+4. with no serving container left, ServingDown's expression holds: the alert is pending (its
+   `for: 1m` is promtool's to check, monitoring/rule-tests/; the stack's e2e test sees it fire
+   and reach Alertmanager).
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -99,9 +99,7 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
             f"{proxy_cfg}:/etc/conveyor/docker-sd-proxy.cfg:ro",
         ),
     )
-    alertmanager = containers.run(
-        "alertmanager", images["ALERTMANAGER_IMAGE"], network=net, publish="9093"
-    )
+    containers.run("alertmanager", images["ALERTMANAGER_IMAGE"], network=net)
     python = base_images["PYTHON_IMAGE"]
     first = _serving(containers, "serving-a", python, net, run_id="run-a")
     # The Compose service `serving` (the gateway's fallback): scraped too; another Compose
@@ -114,7 +112,6 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
         containers, "gateway", python, net, labels={"com.docker.compose.service": "gateway"}
     )
     prometheus, prom_port = containers.prometheus(images["PROMETHEUS_IMAGE"], net)
-    am_port = containers.port(alertmanager, "9093")
 
     # 1. read-only proxy
     probes = [
@@ -158,7 +155,8 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
         (first, "run-a"),
         (fallback, None),
     }
-    assert decoy and gateway  # started, never scraped
+    # The decoy and the gateway ran beside them all along and were never scraped.
+    assert {decoy, gateway}.isdisjoint(_serving_targets(prom_port))
 
     # 3. a new container appears, the removed one is gone
     second = _serving(containers, "serving-b", python, net, run_id="run-b")
@@ -177,18 +175,13 @@ def test_serving_containers_are_discovered_scraped_and_alerted_on(images, base_i
     )
     assert _serving_targets(prom_port) == {second: "up"}
 
-    # 4. nothing serves: ServingDown fires (after its 1 minute) and reaches Alertmanager
+    # 4. nothing serves: ServingDown's expression holds, the alert is pending
+    def serving_down() -> list[dict]:
+        alerts = http_json(f"http://127.0.0.1:{prom_port}/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "ServingDown"]
+
+    assert serving_down() == []  # a serving container is up: nothing pending
     docker("stop", "-t", "2", second)
-    stopped = time.monotonic()
-
-    def serving_down_in_alertmanager():
-        alerts = http_json(f"http://127.0.0.1:{am_port}/api/v2/alerts")
-        return [a for a in alerts if a["labels"].get("alertname") == "ServingDown"]
-
-    wait_until(
-        serving_down_in_alertmanager, timeout=180, interval=5, what="ServingDown in Alertmanager"
-    )
-    assert time.monotonic() - stopped >= 60  # `for: 1m`: not at the first missed scrape
-    alert = serving_down_in_alertmanager()[0]
-    assert alert["labels"]["severity"] == "critical"
-    assert alert["status"]["state"] == "active"
+    wait_until(serving_down, timeout=60, interval=2, what="ServingDown pending in Prometheus")
+    (alert,) = serving_down()
+    assert alert["state"] in ("pending", "firing") and alert["labels"]["severity"] == "critical"

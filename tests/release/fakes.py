@@ -1,10 +1,9 @@
-"""Helpers of the release tests: project images by their content tag, and small stand-in
-serving images (tests/release/fake_serving) with the serving image's HTTP contract."""
+"""Helpers of the release tests: small stand-in serving images (tests/release/fake_serving)
+with the serving image's HTTP contract."""
 
 from __future__ import annotations
 
 import io
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -18,18 +17,6 @@ def env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-
-
-def project_image(*names: str) -> dict[str, str]:
-    """Build (or reuse, by content tag) project images; their names from .build/images.env."""
-    subprocess.run(
-        ["bash", "scripts/build-images.sh", *names],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=1800,
-    )
-    return env_file(ROOT / ".build/images.env")
 
 
 def build_fake(client, tag: str, version: str, ready: bool) -> str:

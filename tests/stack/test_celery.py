@@ -16,10 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = ROOT / "airflow" / "compose.celery.yaml"
-STACK = ["bash", str(ROOT / "scripts" / "stack.sh")]
 WORKERS = ("airflow-worker-1", "airflow-worker-2")
-DAG = "retrain"
-RUN_TIMEOUT = float(os.environ.get("E2E_RUN_TIMEOUT", "1500"))
 
 
 @pytest.mark.unit
@@ -33,7 +30,7 @@ def test_the_override_puts_every_airflow_service_on_celery(tmp_path):
     settings = {k.strip(): v.strip() or "x" for k, v in pairs}
     # Every image variable the build knows (scripts/build-images.sh's table) and the bases.
     table = (ROOT / "scripts" / "build-images.sh").read_text()
-    names = re.findall(r'^  "[\w-]+\|[^|]+\|(\w+)"$', table, flags=re.M)
+    names = re.findall(r'^  "[\w-]+\|[^|]+\|(\w+)\|\w+"$', table, flags=re.M)
     names += ["PYTHON_IMAGE", "POSTGRES_IMAGE", "DEBIAN_IMAGE"]
     images = {name: f"conveyor/{name.lower()}:test" for name in names}
     secrets = {**settings, "REDIS_PASSWORD": "x", "CONVEYOR_HOST_PROJECT_DIR": str(ROOT)}

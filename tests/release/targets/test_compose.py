@@ -18,7 +18,7 @@ from release import deploy as release_deploy
 from release.target import DeployError, Release, http_json
 from release.targets import compose as dp
 from tests.helpers.load import OpenLoopClient
-from tests.release.fakes import build_fake, project_image
+from tests.release.fakes import build_fake
 
 pytestmark = pytest.mark.docker
 
@@ -26,8 +26,8 @@ docker = pytest.importorskip("docker")
 
 
 @pytest.fixture(scope="module")
-def gateway_image(client) -> str:
-    return project_image("gateway")["GATEWAY_IMAGE"]
+def gateway_image(client, project_images) -> str:
+    return project_images["GATEWAY_IMAGE"]
 
 
 @pytest.fixture(scope="module")
