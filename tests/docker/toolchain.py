@@ -1,5 +1,6 @@
 """Helpers of the container toolchain tests: bounded commands, the Docker CLI, env files.
-Every container, volume and network a test creates carries LABEL and is removed at the end."""
+Every container, volume and network a test creates carries LABEL and is removed at the end.
+LABEL names the pytest-xdist worker too: a worker's clean-up never removes another's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-LABEL = "conveyor.test=tests-docker"
+LABEL = f"conveyor.test=tests-docker-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def run(

@@ -10,10 +10,6 @@ import yaml
 
 from pipelines.config import Params, validate
 
-# The training image as `make images` builds it, for the tests that run stages in containers
-# under a memory limit (test_limits.py, test_dvc_growth.py).
-from tests.docker.conftest import base_images, engine, train_image  # noqa: F401
-
 REPO = Path(__file__).resolve().parents[2]
 
 

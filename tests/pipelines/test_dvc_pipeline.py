@@ -11,7 +11,7 @@ import pytest
 
 from tests.pipelines.dvc_repo import commit, copy_repo, run, set_params, stages_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real `dvc repro` runs
 
 
 def _champion(repo: Path) -> str:

@@ -28,6 +28,7 @@ import pytest
 from pipelines import demo
 from pipelines.common import DATASET_DIR, LANDING_DIR, QUARANTINE_DIR
 from tests.docker.toolchain import LABEL, docker, remove_labelled
+from tests.helpers import measured
 from tests.pipelines.conftest import edit, repo_params, write_params
 
 pytestmark = pytest.mark.docker
@@ -98,7 +99,9 @@ def _params(ws: Path, **changes) -> None:
 
 def _limited(image: str, ws: Path, incoming: Path, stage: str, limit: int = LIMIT) -> dict:
     """`python -m pipelines.<stage>` in a container limited to `limit` (swap off): its exit
-    code, output, whether the kernel killed it, and the cgroup's peak usage as it saw it."""
+    code, output, whether the kernel killed it, the limit the engine set, and the cgroup's peak
+    usage as it saw it (reported, not asserted: a cgroup never holds more than its limit; that
+    the stage finished, not killed, is what shows it fit)."""
     name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
     script = (
         f"python -m pipelines.{stage}; code=$?; "
@@ -110,7 +113,8 @@ def _limited(image: str, ws: Path, incoming: Path, stage: str, limit: int = LIMI
         "--memory-swap", str(limit), "-v", f"{ws}:/workspace", "-v", f"{incoming}:/incoming:ro",
         image, "bash", "-c", script, timeout=900, check=False,
     )  # fmt: skip
-    state = json.loads(docker("inspect", name).stdout)[0]["State"]
+    inspected = json.loads(docker("inspect", name).stdout)[0]
+    state = inspected["State"]
     docker("rm", "-f", name)
     lines = proc.stderr.strip().splitlines()
     peak = next((int(x[5:]) for x in reversed(lines) if x.startswith("peak=") and x[5:]), None)
@@ -120,6 +124,7 @@ def _limited(image: str, ws: Path, incoming: Path, stage: str, limit: int = LIMI
         "stdout": proc.stdout,
         "stderr": [x for x in lines if not x.startswith("peak=")],
         "peak": peak,
+        "limit": inspected["HostConfig"]["Memory"],
     }
 
 
@@ -130,7 +135,7 @@ def _in_memory(path: Path) -> int:
 
 
 def test_a_million_rows_are_ingested_and_validated_under_a_limit_below_their_size(
-    train_image, workspace, incoming
+    train_image, workspace, incoming, request
 ):
     _params(workspace)
     ingested = _limited(train_image, workspace, incoming, "ingest")
@@ -144,8 +149,12 @@ def test_a_million_rows_are_ingested_and_validated_under_a_limit_below_their_siz
     assert json.loads(validated["stdout"].splitlines()[-1])["status"] == "passed"
     stored = next((workspace / DATASET_DIR).glob(f"*/{GOOD}.parquet"))
     assert pq.read_metadata(stored).num_rows == ROWS
-    for run in (ingested, validated):
-        assert run["peak"] is None or run["peak"] <= LIMIT
+    for stage, run in (("ingest", ingested), ("validate", validated)):
+        assert run["limit"] == LIMIT  # the limit was in force
+        if run["peak"] is not None:
+            measured.note(
+                request, f"limits: {stage} peak of 1M rows (limit 450)", run["peak"] / MIB, "MiB"
+            )
 
 
 def test_a_window_that_would_not_fit_stops_train_in_one_line_with_exit_2(
@@ -166,7 +175,7 @@ def test_a_window_that_would_not_fit_stops_train_in_one_line_with_exit_2(
     assert (trained["code"], trained["oom"]) == (0, False), trained["stderr"][-3:]
     summary = json.loads(trained["stdout"].splitlines()[-1])
     assert summary["window"]["rows"] == 20000 and summary["memory"]["limit"] == TRAIN_LIMIT
-    assert trained["peak"] is None or trained["peak"] <= TRAIN_LIMIT
+    assert trained["limit"] == refused["limit"] == TRAIN_LIMIT  # the limit was in force
 
 
 def test_a_bad_chunk_quarantines_the_whole_batch_under_the_limit(train_image, workspace, incoming):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines import demo
 from pipelines.common import PipelineError
@@ -89,7 +90,7 @@ def s3(tmp_path_factory):
             try:
                 client.head_bucket(Bucket="landing")
                 break
-            except Exception:
+            except (BotoCoreError, ClientError):  # not listening yet, or the bucket not made yet
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = (data / "weed.log").read_text()[-2000:]
                     pytest.fail(f"weed mini did not serve S3:\n{tail}")

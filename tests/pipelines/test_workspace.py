@@ -121,6 +121,7 @@ def test_a_bad_param_fails_in_one_line_before_the_command_runs(workspace, capsys
     assert message in err and "\n" not in err
 
 
+@pytest.mark.slow  # a real `dvc repro`
 def test_ingest_and_validate_through_dvc_and_emit(workspace, capsys):
     assert (
         _run(

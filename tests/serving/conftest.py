@@ -175,13 +175,26 @@ def models_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+class FamilyDirs(dict):
+    """family -> its model directory, saved on first use: a worker whose modules serve only
+    `lr` (most do, through `model_dir`) does not fit the six others."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        if family not in FAMILIES:
+            raise KeyError(family)
+        path = self.root / family
+        save_family(path, family)
+        self[family] = path
+        return path
+
+
 @pytest.fixture(scope="session")
 def family_dirs(models_root) -> dict[str, Path]:
-    dirs = {}
-    for family in FAMILIES:
-        dirs[family] = models_root / family
-        save_family(dirs[family], family)
-    return dirs
+    return FamilyDirs(models_root)
 
 
 @pytest.fixture(scope="session")

@@ -65,18 +65,8 @@ def cleanup() -> None:
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
-    env_file = ROOT / ".build" / "images.env"
-    proc = subprocess.run(
-        ["bash", "scripts/build-images.sh", "serving", "serving-sklearn"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
+def images(project_images) -> dict[str, str]:
+    return project_images
 
 
 @pytest.fixture(scope="module")

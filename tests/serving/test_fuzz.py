@@ -16,7 +16,7 @@ import pytest
 
 from tests.serving.test_server import serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # fuzzing a live server
 
 
 # /invocations without negative_data_rejection: see the module docstring
