@@ -63,7 +63,9 @@ ALERT_TIMEOUT = 240  # stop -> ServingDown in Alertmanager (`for: 1m` + SD + eva
 
 
 def task_containers(run_id: str, task_id: str | None = None) -> list:
-    labels = [f"io.conveyor.run_id={run_id}"]
+    """The run's task containers (a serving container the run deployed carries its run id as
+    lineage too, but no task id)."""
+    labels = [f"io.conveyor.run_id={run_id}", "io.conveyor.task_id"]
     if task_id:
         labels.append(f"io.conveyor.task_id={task_id}")
     return docker.from_env().containers.list(
