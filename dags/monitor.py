@@ -12,7 +12,7 @@ shows the event's reason in its run note.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from conveyor_assets import clock, drift_asset, landing_asset
 from conveyor_operator import WORKSPACE, ConveyorDockerOperator, setting
@@ -30,12 +30,28 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["conveyor", "ml", "monitoring"],
+    params={
+        "window": Param(
+            "",
+            type="string",
+            pattern=r"^([1-9][0-9]*[smhd])?$",
+            description="Check the traffic of this span, e.g. 15m for only what came since a "
+            "deploy (empty: params.yaml's monitor.window)",
+        ),
+    },
 ) as dag:
     check = ConveyorDockerOperator(
         task_id="check_drift",
         # The image's params.yaml (what every retrain run starts from), not the workspace's: that
         # one exists only after a first retrain and is rewritten by each retrain task.
-        command=["python", "-m", "pipelines.monitor", "--params", IMAGE_PARAMS],
+        command=[
+            "python",
+            "-m",
+            "pipelines.monitor",
+            "--params",
+            IMAGE_PARAMS,
+            "--window={{ params.window }}",
+        ],
         extra_env={
             "PROMETHEUS_URL": setting("PROMETHEUS_URL"),
             "PUSHGATEWAY_URL": setting("PUSHGATEWAY_URL"),

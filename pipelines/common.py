@@ -19,10 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pipelines.config import Params
+from typing import Any
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -110,7 +107,7 @@ def replace_dir(target: Path, build: Callable[[Path], None]) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-StageFn = Callable[["Params", Path], dict[str, Any]]
+StageFn = Callable[..., dict[str, Any]]  # (params, root, **options) -> summary
 
 
 def log(stage: str, message: str) -> None:
@@ -124,12 +121,19 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def run_cli(stage: str, fn: StageFn, argv: list[str] | None = None, doc: str | None = None) -> int:
+def run_cli(
+    stage: str,
+    fn: StageFn,
+    argv: list[str] | None = None,
+    doc: str | None = None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
     """Thin CLI shared by every stage: `python -m pipelines.<stage> [--params params.yaml]`.
 
     The params file is validated here, once (pipelines/config.py), and the typed params are
     passed to the stage. The project root is the directory holding the params file, so
     `dvc repro` (which runs from the repo root) and direct calls are the same entry point.
+    A stage's own `options` (added to the parser) reach it as keyword arguments.
     """
     from pipelines.config import load_params  # config imports this module's errors
 
@@ -137,10 +141,12 @@ def run_cli(stage: str, fn: StageFn, argv: list[str] | None = None, doc: str | N
     parser.add_argument(
         "--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
     )
-    args = parser.parse_args(argv)
-    params_path = Path(args.params).resolve()
+    if options:
+        options(parser)
+    extra = vars(parser.parse_args(argv))
+    params_path = Path(extra.pop("params")).resolve()
     try:
-        summary = fn(load_params(params_path), params_path.parent)
+        summary = fn(load_params(params_path), params_path.parent, **extra)
     except PipelineError as exc:
         quarantined = isinstance(exc, Quarantined)
         print(f"{stage}: {'quarantined' if quarantined else 'error'}: {exc}", file=sys.stderr)

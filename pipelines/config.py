@@ -33,6 +33,9 @@ ClassificationMetric = Literal["accuracy", "f1_macro", "f1_weighted", "roc_auc",
 RegressionMetric = Literal["rmse", "mae", "r2"]
 
 
+PROMETHEUS_RANGE = r"^[1-9][0-9]*[smhd]$"  # e.g. 90s, 15m, 1h
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -184,7 +187,7 @@ class MonitorParams(Section):
     max_categories: int = Field(ge=1, le=1000)
     psi_threshold: float = Field(gt=0)
     min_samples: int = Field(ge=1)
-    window: str = Field(pattern=r"^[1-9][0-9]*[smhd]$")  # a Prometheus range, e.g. 1h
+    window: str = Field(pattern=PROMETHEUS_RANGE)
 
 
 class Params(Section):

@@ -1,9 +1,10 @@
 """Stage `monitor`: input drift of the served model versions, recorded and published.
 
-    python -m pipelines.monitor [--params params.yaml]
+    python -m pipelines.monitor [--params params.yaml] [--window 15m]
 
 1. Traffic: the counts the serving containers kept in their reference profile's bins
-   (serving/traffic.py) over the last `monitor.window`, summed over every container by
+   (serving/traffic.py) over the last `monitor.window` (`--window`, the `monitor` DAG's param:
+   another span, e.g. only the traffic since a deploy), summed over every container by
    Prometheus (PROMETHEUS_URL), or one snapshot file (MONITOR_TRAFFIC_FILE, the aggregator's
    `snapshot()` as JSON, for runs without a stack).
 2. Per model version with at least `monitor.min_samples` records: its reference profile from the
@@ -25,9 +26,11 @@ for a retrain).
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
+import re
 import tempfile
 import time
 import urllib.error
@@ -41,6 +44,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines import tracking
 from pipelines.common import PipelineError, run_cli
+from pipelines.config import PROMETHEUS_RANGE
 from pipelines.profile import PROFILE_FILE, drift, load_profile, metric_key
 
 if TYPE_CHECKING:
@@ -297,9 +301,11 @@ def _reason(name: str, result: dict[str, Any], cfg: MonitorParams) -> str:
     )
 
 
-def monitor(params: Params, root: Path) -> dict[str, Any]:
+def monitor(params: Params, root: Path, window: str | None = None) -> dict[str, Any]:
     import mlflow
 
+    if window:
+        params.monitor.window = window
     cfg = params.monitor
     settings = MonitorSettings()
     source = settings.source()
@@ -396,7 +402,20 @@ def monitor(params: Params, root: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("monitor", monitor, argv, doc=__doc__.splitlines()[0])
+    def prometheus_range(text: str) -> str:
+        if text and not re.fullmatch(PROMETHEUS_RANGE, text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a span such as 90s, 15m or 1h")
+        return text
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--window",
+            type=prometheus_range,
+            default="",
+            help="check the traffic of this span, e.g. 15m (default: monitor.window)",
+        )
+
+    return run_cli("monitor", monitor, argv, doc=__doc__.splitlines()[0], options=options)
 
 
 if __name__ == "__main__":

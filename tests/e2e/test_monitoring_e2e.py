@@ -81,9 +81,11 @@ class Monitoring:
         events = self.client.request("GET", path)["asset_events"]
         return [e for e in events if timestamp(e["timestamp"]) >= since]
 
-    def run_dag(self, dag_id: str, name: str, logical_date: str | None = None) -> dict:
+    def run_dag(
+        self, dag_id: str, name: str, logical_date: str | None = None, conf: dict | None = None
+    ) -> dict:
         run_id = f"e2e-{self.runs.tag}-{name}"
-        self.client.trigger(dag_id, logical_date, {}, run_id=run_id)
+        self.client.trigger(dag_id, logical_date, conf or {}, run_id=run_id)
         run = self.client.wait_run(dag_id, run_id, timeout=600, poll=3)
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         tasks = self.client.request("GET", f"{path}/taskInstances")["task_instances"]
@@ -91,8 +93,11 @@ class Monitoring:
         run["path"] = path
         return run
 
-    def check_drift(self, name: str) -> dict:
-        run = self.run_dag("monitor", name)
+    def check_drift(self, name: str, since: float) -> dict:
+        """The monitor DAG on the traffic since `since` (Unix time): the served version also
+        took the load of the other e2e modules' deploys, none of it this test's distribution."""
+        window = f"{int(time.time() - since) + 15}s"
+        run = self.run_dag("monitor", name, conf={"window": window})
         assert run["state"] == "success", run
         xcom = self.client.request(
             "GET", f"{run['path']}/taskInstances/check_drift/xcomEntries/return_value"
@@ -154,8 +159,10 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
     run_id = mlflow.get_model_version(stack.env["MODEL_NAME"], version).run_id
     day = dt.date.fromisoformat(mlflow.get_run(run_id).data.tags["conveyor.ingest_date"])
     same = demo.generate(day, seed=31, rows=600)
-    _send(url, same)
     counted = f'sum(conveyor_traffic_records_total{{job="serving", model_version="{version}"}})'
+    before = sum(float(r["value"][1]) for r in monitoring.query(counted))  # earlier tests' load
+    sent_from = time.time()
+    _send(url, same)
     metrics = get_text(f"{url}/metrics")
     if "conveyor_traffic_records_total" not in metrics:
         pytest.fail(
@@ -164,12 +171,12 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
             "hook: README, 'Monitoring'), or the served model has no reference_profile.json"
         )
     wait_for(
-        lambda: [r for r in monitoring.query(counted) if float(r["value"][1]) >= 600],
+        lambda: [r for r in monitoring.query(counted) if float(r["value"][1]) >= before + 600],
         TARGET_TIMEOUT,
         "the served records in Prometheus",
     )
     since = time.time()
-    quiet = monitoring.check_drift("drift-quiet")
+    quiet = monitoring.check_drift("drift-quiet", sent_from)
     assert quiet["summary"]["verdict"] == "ok", quiet["summary"]
     assert quiet["tasks"]["request_retrain"] == "skipped"
     # No event on the drift asset, so no retrain can follow (an event starts one).
@@ -180,12 +187,12 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
     shifted["contract"] = "two_year"
     _send(url, shifted)
     wait_for(
-        lambda: [r for r in monitoring.query(counted) if float(r["value"][1]) >= 4600],
+        lambda: [r for r in monitoring.query(counted) if float(r["value"][1]) >= before + 4600],
         TARGET_TIMEOUT,
         "the shifted records in Prometheus",
     )
     since = time.time()
-    loud = monitoring.check_drift("drift-loud")
+    loud = monitoring.check_drift("drift-loud", sent_from)
     summary = loud["summary"]
     assert summary["verdict"] == "drift" and summary["drift_version"] == version, summary
     assert loud["tasks"]["request_retrain"] == "success"

@@ -161,7 +161,7 @@ def test_too_few_records_give_no_verdict(store, ml_env, monkeypatch):
     assert summary["versions"] == []
 
 
-def _cli(root: Path, env: dict) -> subprocess.CompletedProcess:
+def _cli(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     import os
 
     clean = {
@@ -170,7 +170,7 @@ def _cli(root: Path, env: dict) -> subprocess.CompletedProcess:
         if k not in ("PROMETHEUS_URL", "PUSHGATEWAY_URL", "MONITOR_TRAFFIC_FILE")
     }
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.monitor", "--params", str(root / "params.yaml")],
+        [sys.executable, "-m", "pipelines.monitor", "--params", str(root / "params.yaml"), *args],
         cwd=REPO,
         env={**clean, **env},
         capture_output=True,
@@ -184,10 +184,19 @@ def test_the_command_prints_its_summary_last(store, ml_env):
     traffic = _snapshot(
         ml_root, profile, version, demo.generate(dt.date(2026, 3, 20), seed=9, rows=400)
     )
-    proc = _cli(ml_root, {"MONITOR_TRAFFIC_FILE": str(traffic)})
+    proc = _cli(ml_root, {"MONITOR_TRAFFIC_FILE": str(traffic)}, "--window", "15m")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["stage"] == "monitor" and summary["verdict"] == "ok"
+    assert summary["window"] == "15m"  # the option over params.yaml's monitor.window
+
+
+def test_a_window_that_is_no_prometheus_range_is_a_usage_error(store, ml_env):
+    ml_root, *_ = store
+    proc = _cli(ml_root, {"MONITOR_TRAFFIC_FILE": "unused"}, "--window", "15 minutes")
+    assert proc.returncode == 2
+    assert "'15 minutes' is not a span such as 90s, 15m or 1h" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("case", ["no_source", "other_profile", "no_profile", "bad_file"])

@@ -21,7 +21,9 @@ def env_file(path: Path) -> dict[str, str]:
 
 def build_fake(client, tag: str, version: str, ready: bool) -> str:
     """A stand-in serving image answering with `version`; never ready when `ready` is false.
-    Its HEALTHCHECK probes /ready like the serving image's, on a short period."""
+    Its HEALTHCHECK probes /ready like the serving image's, on a short period; the start period
+    leaves a loaded 2-core machine time to start Python twice (the server and the probe): a
+    2 s one had a ready v2 replica fail its update in the CI run of 2026-12-07."""
     base = env_file(ROOT / ".build/base-images.env")["PYTHON_IMAGE"]
     probe = (
         "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2)"
@@ -30,7 +32,7 @@ def build_fake(client, tag: str, version: str, ready: bool) -> str:
         f"FROM {base}\nCOPY server.py /srv/server.py\n"
         f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
         "USER 1000\nEXPOSE 8000\n"
-        "HEALTHCHECK --interval=2s --timeout=2s --start-period=2s --retries=2 "
+        "HEALTHCHECK --interval=2s --timeout=5s --start-period=20s --retries=3 "
         f'CMD ["python", "-c", "{probe}"]\n'
         'CMD ["python", "-u", "/srv/server.py"]\n'
     )
