@@ -39,11 +39,8 @@ PYTEST_PARALLEL := -n 2 --dist loadgroup --no-loadscope-reorder --durations=20
 # already fill the two cores, and a fit's OpenMP threads then wait for each other at every
 # barrier (HistGradientBoosting: a third of its CPU time lost; see tests/pipelines/dvc_repo.py).
 test test-fast: export OMP_NUM_THREADS ?= 1
-# `make test` runs in one process for now: with two workers beside the test stack, the Swarm and
-# the user's stack, a 2-core machine ran at a load of ~15 and the e2e runs' tasks timed out their
-# heartbeats (.ci/run rehearsal, 2026-12-07). The grouping above stays for when it is lighter.
 test: setup engine images test-dags ## every test: unit, integration, slow, docker and e2e
-	pytest --durations=20
+	pytest $(PYTEST_PARALLEL)
 
 # DAG integrity tests need apache-airflow (group `airflow`), kept out of the host venv: their own
 # venv under .build/ (the host venv skips tests/dags with that reason).

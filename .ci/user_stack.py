@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.airflow_api import AirflowClient, read_env_file  # noqa: E402
 
 ENV_FILE = ROOT / ".env"
+HEALTH_GRACE = 90  # seconds
 
 
 def get(url: str):
@@ -73,6 +75,12 @@ def state() -> dict:
 def main() -> int:
     command, path = sys.argv[1], Path(sys.argv[2])
     now = state()
+    # Just unpaused (.ci/run): the health probes that failed while it was frozen pass again
+    # within one interval (15 s at most); a service still unhealthy after that is a finding.
+    deadline = time.monotonic() + HEALTH_GRACE
+    while command == "check" and now["unhealthy"] and time.monotonic() < deadline:
+        time.sleep(5)
+        now = state()
     if command == "snapshot":
         if not now["runs"] or not now["model_versions"] or now["unhealthy"]:
             print(f"user stack not ready to snapshot: {now}", file=sys.stderr)

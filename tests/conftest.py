@@ -69,6 +69,34 @@ def train_image(project_images) -> str:
 
 
 # ------------------------------------------------------------------ the suite's own stack
+_AFTER_THE_CHAIN: list = []  # what the stack chain's session fixtures leave running
+
+
+def after_the_chain(release):
+    """`release` runs once, after the last test of the stack chain (STACK_ORDER) on this
+    process, or at the session's end, whichever comes first; returns the call for the end.
+    Kept to the session's end, the Compose stack and the Swarm idled beside the rest of the
+    suite: about a core of the two, for most of `make test`."""
+    done = []
+
+    def once():
+        if not done:
+            done.append(True)
+            release()
+
+    _AFTER_THE_CHAIN.append(once)
+    return once
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield  # the item's own fixtures first (the chain's last module's among them)
+    if stack_rank(str(item.path)) and (nextitem is None or not stack_rank(str(nextitem.path))):
+        while _AFTER_THE_CHAIN:
+            _AFTER_THE_CHAIN.pop()()  # the Swarm, then the stack it is wired to
+    return result
+
+
 @pytest.fixture(scope="session")
 def test_stack(project_images):
     """The suite's own Compose stack (tests/helpers/stack.py): from nothing, on the current
@@ -86,9 +114,9 @@ def test_stack(project_images):
     up = stack.start_from_nothing()
     assert "every service is healthy" in up.stderr, up.stderr[-3000:]
     stack.owned = os.environ.get("CONVEYOR_TEST_STACK_REUSE") != "1"
+    release = after_the_chain(stack.remove if stack.owned else lambda: None)
     yield stack
-    if stack.owned:
-        stack.remove()
+    release()
 
 
 class StartingSwarm:
@@ -142,13 +170,18 @@ def local_swarm_starting(test_stack):
         SWARM_CLIENT_NETWORK=test_stack.env["CONVEYOR_SERVING_NETWORK"],
     )
     starting = StartingSwarm(swarm)
-    try:
-        yield starting
-    finally:
+
+    def remove() -> None:
         starting.thread.join(timeout=660)
         swarm.down()
         client.images.remove(first, force=True)
         client.close()
+
+    release = after_the_chain(remove)
+    try:
+        yield starting
+    finally:
+        release()
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,24 @@
 """Generality: scikit-learn's bundled tables and one messy table nobody designed the pipeline
 for, written as CSV files with spaces and parentheses in column names, blanked values and (on
-some) a date column, each trained through `dvc repro` on a copy of the repository from
-params.yaml alone, every built-in family on a table of its task (TABLE_FAMILIES). Each trains,
-evaluates and registers (local MLflow store), and the real prediction server, in process,
-answers /predict as the in-process model does.
+some) a date column, each taken through the stages (ingest, validate, train, evaluate,
+register) on a copy of the repository from params.yaml alone, every built-in family on a table
+of its task (TABLE_FAMILIES). Each trains, evaluates and registers (local MLflow store), and the
+real prediction server, in process, answers /predict as the in-process model does.
 
-One repository copy per table, two tables at a time; a table's families run one after the
-other, so only the first `dvc repro` of a table ingests and validates. Most of the time goes to
-starting the stage processes (importing sklearn and mlflow), not to fitting.
+The stages run in this process, one table after the other: as `dvc repro` subprocesses the
+module took 5 minutes, nearly all of it starting the stage processes (importing sklearn and
+mlflow), not fitting. `dvc repro` itself, its stage caching and its outputs are
+tests/pipelines/test_dvc_pipeline.py's and the training image's (tests/docker/test_train_image.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
+import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,15 @@ from sklearn import datasets
 
 from pipelines.config import load_params, validate
 from pipelines.data import features, load_window, resolve_task, split
+from pipelines.evaluate import evaluate
+from pipelines.ingest import ingest
+from pipelines.register import register
 from pipelines.scoring import METRICS
-from tests.pipelines.dvc_repo import REPO, commit, copy_repo, run, set_params, stages_run
+from pipelines.train import train
+from pipelines.validate import validate as validate_batch
+from tests.pipelines.dvc_repo import REPO, copy_repo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real `dvc repro` runs
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # every stage, six tables
 
 FAMILIES = {
     "classification": ["logistic_regression", "random_forest", "hist_gradient_boosting"],
@@ -202,10 +210,10 @@ def task_of(table: str) -> str:
 
 
 # Which built-ins each table trains: every family of each task on at least one table (the
-# regression table takes all three), every table at least once. Each `dvc repro` costs its
-# stages' start-ups (sklearn and MLflow imports), so the full table x family cross would double
-# the module's time for little more: the families' own conversions and predictions are crossed
-# with every task in tests/pipelines/test_train.py and tests/serving/test_convert.py.
+# regression table takes all three), every table at least once. The full table x family cross
+# would double the module's time for little more: the families' own conversions and
+# predictions are crossed with every task in tests/pipelines/test_train.py and
+# tests/serving/test_convert.py.
 TABLE_FAMILIES = {
     "iris": ["logistic_regression"],
     "wine": ["random_forest"],
@@ -226,8 +234,7 @@ CASES = [(t, f) for t in TABLES for f in families(t)]
 @dataclass
 class Outcome:
     repo: Path
-    output: str  # dvc repro's output (the stages' logs)
-    stages: list[str]
+    output: str  # the stages' log lines
     metrics: dict[str, Any]
     registration: dict[str, Any]
     validation: dict[str, Any]
@@ -251,29 +258,33 @@ def params_for(table: Table, csv: Path, name: str) -> dict[str, Any]:
     }
     raw["validation"]["ranges"] = {}
     raw["register"]["model_name"] = f"generality-{name}"
-    validate(raw)  # a mistake in this test's params fails here, not in a subprocess
+    validate(raw)  # a mistake in this test's params fails here, not in a stage
     return raw
 
 
 def run_table(name: str, root: Path) -> dict[str, Outcome]:
+    """The table's batch ingested and validated once, then each family trained, evaluated and
+    registered on it, as `dvc repro` after a `train.estimator` change would."""
     table = TABLES[name]()
     repo = copy_repo(root / name)
     csv = repo / "incoming" / f"{name}.csv"
     csv.parent.mkdir()
     table.frame.to_csv(csv, index=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params_for(table, csv, name), sort_keys=False))
-    commit(repo)
+    params = load_params(repo / "params.yaml")
     outcomes = {}
-    for family in families(name):
-        set_params(repo, f"train.estimator={family}")
-        proc = run(repo, "dvc", "repro")
+    for i, family in enumerate(families(name)):
+        params.train.estimator = family
+        output = io.StringIO()
+        with contextlib.redirect_stderr(output):  # the stages' log lines
+            for stage in (*((ingest, validate_batch) if i == 0 else ()), train, evaluate, register):
+                stage(params, repo)
         kept = root / "models" / name / family
         shutil.copytree(repo / "models" / "model", kept)
         reports = repo / "reports"
         outcomes[family] = Outcome(
             repo=repo,
-            output=proc.stdout + proc.stderr,
-            stages=stages_run(proc),
+            output=output.getvalue(),
             metrics=json.loads((reports / "metrics.json").read_text()),
             registration=json.loads((reports / "registration.json").read_text()),
             validation=json.loads((reports / "validation.json").read_text()),
@@ -288,12 +299,20 @@ def run_table(name: str, root: Path) -> dict[str, Outcome]:
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory) -> dict[str, dict[str, Outcome] | BaseException]:
-    """Every table through every family of its task; a table that fails fails its own tests."""
+    """Every table through every family of its task; a table that fails fails its own tests.
+    No deployment wiring from the caller's environment (the stages would use its MLflow)."""
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "AWS_", "DVC_"))]:
+        del os.environ[key]  # restored after the module (tests/conftest.py)
+    for key in ("MODEL_NAME", "CONVEYOR_IMAGE"):
+        os.environ.pop(key, None)
     root = tmp_path_factory.mktemp("generality")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        longest_first = sorted(TABLES, key=lambda name: -len(families(name)))
-        futures = {name: pool.submit(run_table, name, root) for name in longest_first}
-        return {name: f.exception() or f.result() for name, f in futures.items()}
+    results: dict[str, dict[str, Outcome] | BaseException] = {}
+    for name in TABLES:
+        try:
+            results[name] = run_table(name, root)
+        except Exception as exc:  # noqa: BLE001 -- reported by that table's tests
+            results[name] = exc
+    return results
 
 
 def outcome(matrix, table: str, family: str) -> Outcome:
@@ -308,11 +327,6 @@ def test_every_family_trains_evaluates_and_registers(matrix, table, family):
     result = outcome(matrix, table, family)
     task = task_of(table)
     first = family == families(table)[0]
-    assert result.stages == (["ingest", "validate"] if first else []) + [
-        "train",
-        "evaluate",
-        "register",
-    ]
     metrics, plots = result.metrics, result.plots
     rows = metrics["holdout_rows"]
     if task == "classification":
