@@ -35,8 +35,14 @@ with DAG(
             "",
             type="string",
             pattern=r"^([1-9][0-9]*[smhd])?$",
-            description="Check the traffic of this span, e.g. 15m for only what came since a "
-            "deploy (empty: params.yaml's monitor.window)",
+            description="Check the traffic of this span, e.g. 15m (empty: params.yaml's "
+            "monitor.window)",
+        ),
+        "since": Param(
+            "",
+            type="string",
+            description="Or the traffic since this time, e.g. a deploy's (ISO 8601, UTC unless "
+            "it says otherwise; empty: the window)",
         ),
     },
 ) as dag:
@@ -50,7 +56,7 @@ with DAG(
             "pipelines.monitor",
             "--params",
             IMAGE_PARAMS,
-            "--window={{ params.window }}",
+            "{{ '--since=' ~ params.since if params.since else '--window=' ~ params.window }}",
         ],
         extra_env={
             "PROMETHEUS_URL": setting("PROMETHEUS_URL"),

@@ -1,12 +1,12 @@
 """Stage `monitor`: input drift of the served model versions, recorded and published.
 
-    python -m pipelines.monitor [--params params.yaml] [--window 15m]
+    python -m pipelines.monitor [--params params.yaml] [--window 15m | --since 2026-03-02T10:00Z]
 
 1. Traffic: the counts the serving containers kept in their reference profile's bins
-   (serving/traffic.py) over the last `monitor.window` (`--window`, the `monitor` DAG's param:
-   another span, e.g. only the traffic since a deploy), summed over every container by
-   Prometheus (PROMETHEUS_URL), or one snapshot file (MONITOR_TRAFFIC_FILE, the aggregator's
-   `snapshot()` as JSON, for runs without a stack).
+   (serving/traffic.py) over the last `monitor.window` (or `--window`, another span; or
+   `--since`, e.g. only the traffic since a deploy: the `monitor` DAG's params), summed over
+   every container by Prometheus (PROMETHEUS_URL), or one snapshot file (MONITOR_TRAFFIC_FILE,
+   the aggregator's `snapshot()` as JSON, for runs without a stack).
 2. Per model version with at least `monitor.min_samples` records: its reference profile from the
    registry (`reference_profile.json` beside the model), PSI per feature (pipelines/profile.py).
 3. Recorded in MLflow: one run per model version in the experiment `<train.experiment>-drift`
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import re
 import tempfile
@@ -301,9 +302,16 @@ def _reason(name: str, result: dict[str, Any], cfg: MonitorParams) -> str:
     )
 
 
-def monitor(params: Params, root: Path, window: str | None = None) -> dict[str, Any]:
+def monitor(
+    params: Params, root: Path, window: str = "", since: dt.datetime | None = None
+) -> dict[str, Any]:
     import mlflow
 
+    if since is not None:  # the span from then to now, as the check runs (not as it was asked)
+        seconds = math.ceil(time.time() - since.timestamp())
+        if seconds < 1:
+            raise PipelineError(f"--since {since.isoformat()} is not in the past")
+        window = f"{seconds}s"
     if window:
         params.monitor.window = window
     cfg = params.monitor
@@ -407,12 +415,26 @@ def main(argv: list[str] | None = None) -> int:
             raise argparse.ArgumentTypeError(f"{text!r} is not a span such as 90s, 15m or 1h")
         return text
 
+    def instant(text: str) -> dt.datetime | None:
+        try:
+            when = dt.datetime.fromisoformat(text) if text else None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+        return when.replace(tzinfo=when.tzinfo or dt.UTC) if when else None
+
     def options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
+        span = parser.add_mutually_exclusive_group()
+        span.add_argument(
             "--window",
             type=prometheus_range,
             default="",
             help="check the traffic of this span, e.g. 15m (default: monitor.window)",
+        )
+        span.add_argument(
+            "--since",
+            type=instant,
+            default=None,
+            help="check the traffic since this time (ISO 8601; UTC unless it says otherwise)",
         )
 
     return run_cli("monitor", monitor, argv, doc=__doc__.splitlines()[0], options=options)

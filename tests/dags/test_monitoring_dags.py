@@ -111,6 +111,13 @@ def test_monitor_runs_the_monitor_command_and_announces_drift(bag):
     check, request = dag.get_task("check_drift"), dag.get_task("request_retrain")
     assert check.image == ENV["TRAIN_IMAGE"]
     assert check.command[:3] == ["python", "-m", "pipelines.monitor"]
+    for window, since, last in (
+        ("", "", "--window="),  # pipelines.monitor: monitor.window of params.yaml
+        ("15m", "", "--window=15m"),
+        ("", "2026-03-02T10:00:00Z", "--since=2026-03-02T10:00:00Z"),
+    ):
+        params = {"window": window, "since": since}
+        assert check.render_template(check.command, {"params": params})[-1] == last
     assert check.network_mode == "conveyor-tasks"  # the ML tasks' network: MLflow, Prometheus
     assert {k: check.environment[k] for k in ("PROMETHEUS_URL", "PUSHGATEWAY_URL")} == {
         "PROMETHEUS_URL": ENV["PROMETHEUS_URL"],

@@ -50,6 +50,7 @@ class Monitoring:
     def __init__(self, stack: TestStack, runs: Runs):
         self.stack, self.runs, self.client = stack, runs, runs.client
         self.prometheus = stack.url("PROMETHEUS_PORT")
+        self.scrape = int(stack.env["PROMETHEUS_SCRAPE_INTERVAL"].removesuffix("s"))  # seconds
 
     def query(self, promql: str) -> list[dict]:
         q = urllib.parse.urlencode({"query": promql})
@@ -96,8 +97,10 @@ class Monitoring:
     def check_drift(self, name: str, since: float) -> dict:
         """The monitor DAG on the traffic since `since` (Unix time): the served version also
         took the load of the other e2e modules' deploys, none of it this test's distribution."""
-        window = f"{int(time.time() - since) + 15}s"
-        run = self.run_dag("monitor", name, conf={"window": window})
+        # From one scrape before: `increase()` counts from the first sample in its range, so
+        # the sample taken before the traffic must be in it.
+        when = dt.datetime.fromtimestamp(since - self.scrape, dt.UTC).isoformat()
+        run = self.run_dag("monitor", name, conf={"since": when})
         assert run["state"] == "success", run
         xcom = self.client.request(
             "GET", f"{run['path']}/taskInstances/check_drift/xcomEntries/return_value"
@@ -159,7 +162,12 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
     run_id = mlflow.get_model_version(stack.env["MODEL_NAME"], version).run_id
     day = dt.date.fromisoformat(mlflow.get_run(run_id).data.tags["conveyor.ingest_date"])
     same = demo.generate(day, seed=31, rows=600)
-    counted = f'sum(conveyor_traffic_records_total{{job="serving", model_version="{version}"}})'
+    series = f'conveyor_traffic_records_total{{job="serving", model_version="{version}"}}'
+    counted = f"sum({series})"
+    # `increase()` cannot count what a series held at its first scrape: the container's
+    # series is in Prometheus (one record counted and scraped) before the traffic is sent.
+    _send(url, same.head(1))
+    wait_for(lambda: monitoring.query(series), TARGET_TIMEOUT, f"{series} in Prometheus")
     before = sum(float(r["value"][1]) for r in monitoring.query(counted))  # earlier tests' load
     sent_from = time.time()
     _send(url, same)

@@ -191,11 +191,37 @@ def test_the_command_prints_its_summary_last(store, ml_env):
     assert summary["window"] == "15m"  # the option over params.yaml's monitor.window
 
 
-def test_a_window_that_is_no_prometheus_range_is_a_usage_error(store, ml_env):
+def test_since_checks_the_span_up_to_the_check(store, ml_env):
+    ml_root, params, version, profile = store
+    traffic = _snapshot(
+        ml_root, profile, version, demo.generate(dt.date(2026, 3, 20), seed=9, rows=400)
+    )
+    ten_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    proc = _cli(
+        ml_root, {"MONITOR_TRAFFIC_FILE": str(traffic)}, "--since", ten_minutes_ago.isoformat()
+    )
+    assert proc.returncode == 0, proc.stderr
+    window = json.loads(proc.stdout.strip().splitlines()[-1])["window"]
+    assert window.endswith("s") and 600 <= int(window[:-1]) <= 900, window
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--window", "15 minutes"], "'15 minutes' is not a span such as 90s, 15m or 1h"),
+        (["--since", "yesterday"], "'yesterday' is not an ISO 8601 time"),
+        (
+            ["--since", "2999-01-01T00:00:00Z"],
+            "--since 2999-01-01T00:00:00+00:00 is not in the past",
+        ),
+        (["--window", "1h", "--since", "2026-01-01"], "not allowed with argument"),
+    ],
+)
+def test_a_bad_span_is_one_line_and_exit_2(store, ml_env, args, message):
     ml_root, *_ = store
-    proc = _cli(ml_root, {"MONITOR_TRAFFIC_FILE": "unused"}, "--window", "15 minutes")
-    assert proc.returncode == 2
-    assert "'15 minutes' is not a span such as 90s, 15m or 1h" in proc.stderr
+    proc = _cli(ml_root, {"MONITOR_TRAFFIC_FILE": "unused"}, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

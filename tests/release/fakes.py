@@ -19,8 +19,15 @@ def env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
 
 
+def stand_in(version: str) -> str:
+    """The model version a stand-in image answers with: never one the registry could hold (the
+    DAG's deploys on the same Swarm serve registered versions 1, 2, ...)."""
+    return f"stand-in-{version}"
+
+
 def build_fake(client, tag: str, version: str, ready: bool) -> str:
-    """A stand-in serving image answering with `version`; never ready when `ready` is false.
+    """A stand-in serving image answering with `stand_in(version)`; never ready when `ready` is
+    false.
     Its HEALTHCHECK probes /ready like the serving image's, on a short period; the start period
     leaves a loaded 2-core machine time to start Python twice (the server and the probe): a
     2 s one had a ready v2 replica fail its update in the CI run of 2026-12-07."""
@@ -30,7 +37,7 @@ def build_fake(client, tag: str, version: str, ready: bool) -> str:
     )
     dockerfile = (
         f"FROM {base}\nCOPY server.py /srv/server.py\n"
-        f"ENV MODEL_VERSION={version} READY={'1' if ready else '0'}\n"
+        f"ENV MODEL_VERSION={stand_in(version)} READY={'1' if ready else '0'}\n"
         "USER 1000\nEXPOSE 8000\n"
         "HEALTHCHECK --interval=2s --timeout=5s --start-period=20s --retries=3 "
         f'CMD ["python", "-c", "{probe}"]\n'
@@ -50,7 +57,7 @@ def build_fake(client, tag: str, version: str, ready: bool) -> str:
         pull=False,
         rm=True,
         labels={
-            LABEL_MODEL_VERSION: version,
+            LABEL_MODEL_VERSION: stand_in(version),
             LABEL_MODEL_NAME: "fake",
             "io.conveyor.test": "release",
         },
