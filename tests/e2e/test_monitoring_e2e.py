@@ -167,10 +167,6 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
     # `increase()` cannot count what a series held at its first scrape: the container's
     # series is in Prometheus (one record counted and scraped) before the traffic is sent.
     _send(url, same.head(1))
-    wait_for(lambda: monitoring.query(series), TARGET_TIMEOUT, f"{series} in Prometheus")
-    before = sum(float(r["value"][1]) for r in monitoring.query(counted))  # earlier tests' load
-    sent_from = time.time()
-    _send(url, same)
     metrics = get_text(f"{url}/metrics")
     if "conveyor_traffic_records_total" not in metrics:
         pytest.fail(
@@ -178,6 +174,10 @@ def test_drift_starts_a_retrain_only_when_the_inputs_shift(monitoring, served, r
             "/metrics): serving/ does not call serving/traffic.py's TrafficAggregator yet (the "
             "hook: README, 'Monitoring'), or the served model has no reference_profile.json"
         )
+    wait_for(lambda: monitoring.query(series), TARGET_TIMEOUT, f"{series} in Prometheus")
+    before = sum(float(r["value"][1]) for r in monitoring.query(counted))  # earlier tests' load
+    sent_from = time.time()
+    _send(url, same)
     wait_for(
         lambda: [r for r in monitoring.query(counted) if float(r["value"][1]) >= before + 600],
         TARGET_TIMEOUT,
